@@ -1,0 +1,1 @@
+"""The feed-forward network tutorial of PyTorch's nn module, as a PyTorch Lightning project."""

@@ -1,0 +1,179 @@
+"""The tutorial's data as a LightningDataModule, held as ready tensors on the Trainer's device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+
+class EpochChunk:
+    """Several training epochs handed to one `training_step` (the fast path of `TutorialModule`).
+
+    Iterating over `epochs` and then `batches(order(epoch))` replays exactly what a plain loop does;
+    the validation data rides along for the validations that fall inside the chunk.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        epochs: range,
+        batch_size: int | None = None,
+        seed: int = 0,
+        val: tuple[Tensor, Tensor] | None = None,
+        val_every: int = 0,
+    ) -> None:
+        self.x, self.y, self.epochs = x, y, epochs
+        self.batch_size, self.seed = batch_size, seed
+        self.val, self.val_every = val, val_every
+
+    def validates_inside(self, epoch: int) -> bool:
+        """Whether `epoch` ends with a validation inside the chunk; the chunk's last epoch is
+        validated by the Trainer's own validation loop."""
+        return self.val_every > 0 and (epoch + 1) % self.val_every == 0 and epoch != self.epochs[-1]
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size is None or self.batch_size >= len(self.x)
+
+    def order(self, epoch: int) -> Tensor | None:
+        """The shuffled sample order of `epoch` (None for full batch); a pure function of seed and epoch,
+        so a resumed run sees the same batches as an uninterrupted one."""
+        if self.full_batch:
+            return None
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.x), generator=generator).to(self.x.device)
+
+    def batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+        if order is None:
+            yield self.x, self.y
+            return
+        for index in order.split(self.batch_size):
+            yield self.x[index], self.y[index]
+
+
+class ChunkLoader:
+    """Train loader of a fast module: one `EpochChunk` per Lightning epoch, sized from the Trainer's position."""
+
+    def __init__(self, data: ClassificationData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[EpochChunk]:
+        data = self.data
+        per_step = data.epochs_per_step
+        first = data.trainer.current_epoch * per_step
+        epochs = range(first, min(first + per_step, data.epochs))
+        val = (data.x_val, data.y_val)
+        yield EpochChunk(data.x_train, data.y_train, epochs, data.batch_size, data.seed, val, data.val_every)
+
+
+class BatchLoader:
+    """Plain loader of (x, y) mini-batches cut from device tensors, for any LightningModule."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, shuffle: bool, seed: int) -> None:
+        self.x, self.y, self.shuffle, self.seed, self.epoch = x, y, shuffle, seed, 0
+        self.batch_size = batch_size or len(x)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        chunk = EpochChunk(self.x, self.y, range(1), self.batch_size, self.seed)
+        order = chunk.order(self.epoch) if self.shuffle else None
+        self.epoch += 1
+        yield from chunk.batches(order)
+
+
+class ClassificationData(L.LightningDataModule):
+    """Base of the 2-D classification data sets: a stratified 75/25 split held as tensors."""
+
+    def __init__(
+        self,
+        batch_size: int | None = None,
+        epochs: int = 10_000,
+        val_every: int = 100,
+        epochs_per_step: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            batch_size: mini-batch size; None trains on the full batch, as the tutorial does.
+            epochs: passes over the training data (the command line's --epochs sets it).
+            val_every: validate every this many epochs, and after the last.
+            epochs_per_step: epochs that a fast module trains inside one Lightning step; the
+                Trainer's epoch loop, checkpoints and progress bar advance at this pace. None picks
+                the largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
+            seed: seed of the data, the split and mini-batch shuffling.
+        """
+        super().__init__()
+        for name, value in {"batch_size": batch_size, "epochs": epochs, "epochs_per_step": epochs_per_step}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if val_every < 1:
+            raise ValueError(f"val_every must be a positive integer, got {val_every}")
+        self.batch_size, self.epochs, self.val_every, self.seed = batch_size, epochs, val_every, seed
+        features, labels = self.make()
+        x_train, x_val, y_train, y_val = train_test_split(features, labels, stratify=labels, random_state=seed)
+        self.x_train, self.x_val = (torch.as_tensor(x, dtype=torch.float32) for x in (x_train, x_val))
+        self.y_train, self.y_val = (torch.as_tensor(y, dtype=torch.int64) for y in (y_train, y_val))
+        if epochs_per_step is None:
+            fitting = (k for k in (1000, 100, 10) if k * len(self.x_train) <= 2_000_000)
+            epochs_per_step = next(fitting, 1)
+        self.epochs_per_step = epochs_per_step
+
+    def make(self):
+        """Return (features, labels) as numpy arrays."""
+        raise NotImplementedError
+
+    @property
+    def lightning_epochs(self) -> int:
+        """The Trainer's max_epochs for a fast module: steps of `epochs_per_step` epochs."""
+        return -(-self.epochs // self.epochs_per_step)
+
+    @property
+    def num_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(torch.cat([self.y_train, self.y_val]).max()) + 1
+
+    def setup(self, stage: str) -> None:
+        # Hold the data where the Trainer runs, so no step copies or collates it.
+        device = self.trainer.strategy.root_device
+        self.x_train, self.y_train, self.x_val, self.y_val = (
+            t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)
+        )
+
+    def train_dataloader(self) -> ChunkLoader | BatchLoader:
+        if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
+            return ChunkLoader(self)
+        return BatchLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.x_val, self.y_val, None, shuffle=False, seed=self.seed)
+
+
+class BlobData(ClassificationData):
+    """`make_blobs`: the tutorial's four Gaussian blobs in 2-D."""
+
+    def __init__(self, n_samples: int = 1000, centers: int = 4, cluster_std: float = 1.0, **kwargs) -> None:
+        self.n_samples, self.centers, self.cluster_std = n_samples, centers, cluster_std
+        super().__init__(**kwargs)
+
+    def make(self):
+        return make_blobs(
+            n_samples=self.n_samples,
+            centers=self.centers,
+            n_features=2,
+            cluster_std=self.cluster_std,
+            random_state=self.seed,
+        )

@@ -1,0 +1,163 @@
+"""What every network shares: metrics, logging, the optimizer and the fast training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mlnet_lightning.data import EpochChunk
+
+
+class TutorialModule(L.LightningModule):
+    """Base of the networks: a subclass makes its parameters and writes `forward`.
+
+    It may also replace `loss` (default: cross-entropy), `configure_optimizers` (default: SGD
+    at `lr`) or `update` (default: the optimizer's step), as the tutorial's sections do.
+
+    Speed: one Lightning step trains a whole `EpochChunk` of epochs, because these networks are so
+    small that the Trainer's per-step machinery would otherwise cost more than the arithmetic.
+    Per-epoch losses and predictions stay on the device and reach the loggers once a chunk.
+    """
+
+    trains_epoch_chunks = True  # asks the data module for EpochChunks instead of batches
+
+    def __init__(
+        self,
+        lr: float = 0.2,
+        logits: bool = False,
+        seed: int = 0,
+        num_features: int = 2,
+        num_classes: int = 4,
+    ) -> None:
+        """
+        Args:
+            lr: learning rate of plain gradient descent.
+            logits: return logits instead of softmax probabilities, fixing the tutorial's double
+                softmax (F.cross_entropy applies log-softmax itself).
+            seed: torch.manual_seed right before the parameters are made, as in the tutorial.
+            num_features: inputs per point (taken from the data).
+            num_classes: classes (taken from the data).
+        """
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.direct_steps = False
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.history: dict[str, float] = {}  # first and latest values of the logged series
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def update(self) -> None:
+        """Apply and clear the gradients."""
+        optimizer = self.trainer.optimizers[0] if self.direct_steps else self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def backward(self, loss: Tensor) -> None:
+        if self.direct_steps:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def on_fit_start(self) -> None:
+        # Lightning's per-step wrappers (backward hooks, LightningOptimizer) cost more than a step of
+        # these networks; they are needed only to scale gradients or to synchronise processes.
+        trainer = self.trainer
+        self.direct_steps = trainer.world_size == 1 and getattr(trainer.precision_plugin, "scaler", None) is None
+        # Moving a module to a device turns raw tensors (buffers that require grad) into non-leaves.
+        for tensor in self.buffers():
+            if tensor.requires_grad and not tensor.is_leaf:
+                tensor.detach_().requires_grad_()
+
+    def train_epoch(self, chunk: EpochChunk, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass over the training data; returns its mean loss, predicted classes and targets."""
+        losses, predictions, targets = [], [], []
+        for x, y in chunk.batches(chunk.order(epoch)):
+            output = self(x)
+            loss = self.loss(output, y)
+            self.backward(loss)
+            self.update()
+            losses.append(loss.detach())
+            predictions.append(output.detach().argmax(-1))
+            targets.append(y)
+        if len(losses) == 1:
+            return losses[0], predictions[0], targets[0]
+        sizes = torch.tensor([len(y) for y in targets], device=self.device)
+        return (torch.stack(losses) * sizes).sum() / sizes.sum(), torch.cat(predictions), torch.cat(targets)
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and predicted classes on held-out data, in eval mode."""
+        was_training = self.training
+        self.eval()
+        output = self(x)
+        self.train(was_training)
+        return self.loss(output, y), output.argmax(-1)
+
+    def training_step(self, chunk: EpochChunk) -> None:
+        losses, predictions, targets, val_epochs, val_results = [], [], [], [], []
+        for epoch in chunk.epochs:
+            loss, prediction, target = self.train_epoch(chunk, epoch)
+            losses.append(loss)
+            predictions.append(prediction)
+            targets.append(target)
+            if chunk.validates_inside(epoch):
+                val_epochs.append(epoch)
+                val_results.append(self.evaluate(*chunk.val))
+        # One comparison scores the whole chunk's curve (a torchmetrics call costs a tenth of an
+        # epoch here); torchmetrics scores the chunk's last epoch, which callbacks see.
+        accuracies = torch.stack(predictions).eq(torch.stack(targets)).float().mean(-1)
+        self.log_points(chunk.epochs, {"train/loss": torch.stack(losses), "train/acc": accuracies})
+        if val_epochs:
+            val_losses, val_predictions = zip(*val_results)
+            val_accuracies = torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)
+            self.log_points(val_epochs, {"val/loss": torch.stack(val_losses), "val/acc": val_accuracies})
+        self.train_acc(predictions[-1], targets[-1])
+        # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
+        self.log_dict({"train/loss": losses[-1], "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
+
+    def validation_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        loss, prediction = self.evaluate(x, y)
+        self.val_acc.update(prediction, y)
+        self.val_loss.update(loss, weight=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {"val/loss": self.val_loss.compute(), "val/acc": self.val_acc.compute()}
+        self.val_loss.reset()
+        self.val_acc.reset()
+        self.log_dict(metrics, logger=False)  # for callbacks: checkpoint on val/acc, early stopping
+        if not self.trainer.sanity_checking and "epoch" in self.history:
+            self.log_points([int(self.history["epoch"])], {k: v.view(1) for k, v in metrics.items()})
+
+    def log_points(self, epochs: Sequence[int], series: dict[str, Tensor]) -> None:
+        """Write one point per epoch of each series to every logger, with one device sync."""
+        columns = {name: values.tolist() for name, values in series.items()}
+        for i, epoch in enumerate(epochs):
+            point = {name: column[i] for name, column in columns.items()}
+            for logger in self.loggers:
+                logger.log_metrics(point, step=epoch)
+        if epochs[0] == 0 and "train/loss" in columns:
+            self.history["initial_loss"] = columns["train/loss"][0]
+        self.history.update({name: column[-1] for name, column in columns.items()})
+        self.history["epoch"] = max(self.history.get("epoch", 0), epochs[-1])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = checkpoint.get("history", {})

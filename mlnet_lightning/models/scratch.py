@@ -1,0 +1,50 @@
+"""Feedforward network using tensors and autograd: everything written by hand."""
+
+import math
+
+import torch
+from torch import Tensor
+
+from mlnet_lightning.models.base import TutorialModule
+
+
+def softmax(a: Tensor) -> Tensor:
+    return a.exp() / a.exp().sum(-1).unsqueeze(-1)
+
+
+class Scratch(TutorialModule):
+    """2-2-4 network of raw tensors: hand-written softmax, cross-entropy and gradient step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        n_in, hidden, n_out = self.hparams.num_features, 2, self.hparams.num_classes
+        torch.manual_seed(self.hparams.seed)
+        self.keep("weights1", torch.randn(n_in, hidden) / math.sqrt(2))
+        self.keep("bias1", torch.zeros(hidden))
+        self.keep("weights2", torch.randn(hidden, n_out) / math.sqrt(2))
+        self.keep("bias2", torch.zeros(n_out))
+
+    def keep(self, name: str, tensor: Tensor) -> None:
+        # A buffer, not a parameter: a raw tensor that the Trainer still moves and checkpoints.
+        self.register_buffer(name, tensor.requires_grad_())
+
+    def forward(self, x: Tensor) -> Tensor:
+        a1 = torch.matmul(x, self.weights1) + self.bias1
+        h1 = a1.sigmoid()
+        a2 = torch.matmul(h1, self.weights2) + self.bias2
+        return a2 if self.hparams.logits else softmax(a2)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if self.hparams.logits:
+            output = output.softmax(-1)
+        return -(output[range(target.shape[0]), target].log()).mean()
+
+    def configure_optimizers(self) -> None:
+        return None  # the update below is written by hand
+
+    def update(self) -> None:
+        lr = self.hparams.lr
+        with torch.no_grad():
+            for tensor in (self.weights1, self.bias1, self.weights2, self.bias2):
+                tensor -= tensor.grad * lr
+                tensor.grad.zero_()
