@@ -13,10 +13,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
 
-def epochs_done(trainer: L.Trainer, module: L.LightningModule) -> int:
+def epochs_done(trainer: L.Trainer, module: L.LightningModule, in_epoch_end: bool = False) -> int:
     """Passes over the training data so far (a fast module trains many per Lightning epoch)."""
     history = getattr(module, "history", {})
-    return int(history["epoch"]) + 1 if "epoch" in history else trainer.current_epoch + 1
+    if "epoch" in history:
+        return int(history["epoch"]) + 1
+    return trainer.current_epoch + int(in_epoch_end)  # the Trainer counts the epoch once it has ended
 
 
 class EpochProgressBar(ProgressBar):
@@ -41,7 +43,7 @@ class EpochProgressBar(ProgressBar):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is None:
             return
-        self.bar.n = epochs_done(trainer, pl_module)
+        self.bar.n = epochs_done(trainer, pl_module, in_epoch_end=True)
         shown = ("train/loss", "train/acc", "val/acc")
         metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k in shown}
         self.bar.set_postfix(metrics, refresh=False)

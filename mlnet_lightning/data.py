@@ -41,6 +41,10 @@ class EpochChunk:
     def full_batch(self) -> bool:
         return self.batch_size is None or self.batch_size >= len(self.x)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return 1 if self.full_batch else -(-len(self.x) // self.batch_size)
+
     def order(self, epoch: int) -> Tensor | None:
         """The shuffled sample order of `epoch` (None for full batch); a pure function of seed and epoch,
         so a resumed run sees the same batches as an uninterrupted one."""

@@ -126,9 +126,18 @@ class TutorialModule(L.LightningModule):
             val_losses, val_predictions = zip(*val_results)
             val_accuracies = torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)
             self.log_points(val_epochs, {"val/loss": torch.stack(val_losses), "val/acc": val_accuracies})
+        self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         self.train_acc(predictions[-1], targets[-1])
         # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
         self.log_dict({"train/loss": losses[-1], "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
+
+    def count_steps(self, steps: int) -> None:
+        """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and
+        loggers read, uncounted; count the chunk's steps at once."""
+        if self.direct_steps or not self.trainer.optimizers:
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
+            progress.ready += steps
+            progress.completed += steps
 
     def validation_step(self, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch

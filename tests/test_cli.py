@@ -1,0 +1,90 @@
+"""The command line as a user meets it: help, configs, errors, devices, and networks of one's own."""
+
+import json
+import textwrap
+
+import yaml
+
+from tests.conftest import run_script, train
+
+
+def test_help_lists_the_models_and_trainer_options():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0
+    for word in ("scratch", "functional", "parameter", "linear", "sequential", "--accelerator", "--epochs", "--lr"):
+        assert word in result.stdout
+
+
+def test_gpu_without_a_gpu_is_one_line_and_status_2():
+    result = run_script("train.py", "--accelerator", "gpu")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_model_is_one_line_and_status_2():
+    result = run_script("train.py", "--model", "resnet")
+    assert result.returncode == 2 and "resnet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_print_config_round_trips_through_config(tmp_path):
+    printed = run_script("train.py", "--model", "linear", "--epochs", "120", "--lr", "0.5", "--print_config")
+    assert printed.returncode == 0
+    config = yaml.safe_load(printed.stdout)
+    assert (config["model"], config["epochs"], config["lr"]) == ("linear", 120, 0.5)
+    config["default_root_dir"] = str(tmp_path)
+    config["enable_progress_bar"] = False
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = run_script("train.py", "--config", str(tmp_path / "run.yaml"))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "linear" / "version_0"
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 120
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (saved["model"], saved["lr"]) == ("linear", 0.5)
+    assert "linear" in result.stdout.splitlines()[1]  # the summary table
+
+
+def test_runs_are_numbered_versions_with_a_last_checkpoint(tmp_path):
+    train(tmp_path, "--model", "scratch", "--epochs", "50")
+    train(tmp_path, "--model", "scratch", "--epochs", "50")
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["version_0", "version_1"]
+    checkpoints = {p.name for p in (tmp_path / "scratch" / "version_1" / "checkpoints").iterdir()}
+    assert checkpoints == {"last.ckpt", "epoch=49-best.ckpt"}
+
+
+def test_a_plain_lightning_module_trains_through_the_same_command(tmp_path):
+    (tmp_path / "plain_net.py").write_text(
+        textwrap.dedent(
+            """
+            import lightning as L
+            import torch
+            import torch.nn.functional as F
+
+
+            class PlainNet(L.LightningModule):
+                def __init__(self, lr: float = 0.1, num_features: int = 2, num_classes: int = 4):
+                    super().__init__()
+                    self.save_hyperparameters()
+                    self.layer = torch.nn.Linear(num_features, num_classes)
+
+                def training_step(self, batch):
+                    x, y = batch
+                    loss = F.cross_entropy(self.layer(x), y)
+                    self.log("train/loss", loss)
+                    return loss
+
+                def validation_step(self, batch):
+                    x, y = batch
+                    self.log("val/acc", (self.layer(x).argmax(-1) == y).float().mean())
+
+                def configure_optimizers(self):
+                    return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+            """
+        )
+    )
+    result = run_script(
+        "train.py", "--model", "plain_net.PlainNet", "--epochs", "30", "--default_root_dir", "logs", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "logs" / "plainnet" / "version_0" / "summary.json").read_text())
+    assert summary["epochs"] == 30 and summary["val_acc"] > 0.5

@@ -1,0 +1,98 @@
+"""The five networks against the tutorial's numbers and an independent plain PyTorch loop."""
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlnet_lightning.baseline import fit_plain, fit_tutorial, hand_cross_entropy, tutorial_network
+from mlnet_lightning.data import BlobData
+from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
+from tests.conftest import train
+
+SUMMARY_KEYS = {"model", "epochs", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device"}
+
+
+@pytest.mark.parametrize("name", TUTORIAL_MODELS)
+def test_default_command_reproduces_the_tutorial(tutorial_runs, name):
+    summary = tutorial_runs[1][name]
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["epochs"] == 10_000 and summary["device"] == "cpu"
+    expected = TUTORIAL[name]
+    assert summary["initial_loss"] == pytest.approx(expected["initial_loss"], abs=1e-5)
+    assert summary["final_loss"] == pytest.approx(expected["final_loss"], abs=1e-5)
+    assert summary["train_acc"] == pytest.approx(expected["train_acc"], abs=1e-3)
+    assert summary["val_acc"] == pytest.approx(expected["val_acc"], abs=1e-3)
+
+
+def fit_lightning(name: str, epochs: int, **options) -> tuple[L.LightningModule, L.Trainer]:
+    batch_size = options.pop("batch_size", None)
+    data = BlobData(epochs=epochs, batch_size=batch_size, epochs_per_step=options.pop("epochs_per_step", None))
+    model = TUTORIAL_MODELS[name](**options)
+    trainer = L.Trainer(
+        max_epochs=data.lightning_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=data)
+    return model, trainer
+
+
+@pytest.mark.parametrize("name", TUTORIAL_MODELS)
+@pytest.mark.parametrize("logits", [False, True])
+def test_trainer_follows_the_plain_loop(name, logits):
+    """Same trajectory as the tutorial's loop, written independently in mlnet_lightning.baseline."""
+    data = BlobData()
+    plain = fit_tutorial(name, data.x_train, data.y_train, data.x_val, data.y_val, epochs=300, logits=logits)
+    model, _ = fit_lightning(name, epochs=300, logits=logits, epochs_per_step=70)
+    assert model.history["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-6)
+    assert model.history["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-6)
+    assert model.history["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
+    assert model.history["val/acc"] == pytest.approx(plain.val_acc, abs=1e-6)
+
+
+def test_logits_switch_fixes_the_double_softmax(tmp_path):
+    summary = train(tmp_path, "--model", "sequential", "--logits", "true")["sequential"]
+    assert summary["final_loss"] == pytest.approx(LOGITS_FIX["final_loss"], abs=1e-4)
+    assert summary["val_acc"] == pytest.approx(LOGITS_FIX["val_acc"], abs=1e-3)
+
+
+def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_has_a_point_per_epoch(tmp_path):
+    train(tmp_path, "--model", "linear", "--epochs", "250", "--data.val_every", "1")
+    scalars = read_scalars(tmp_path / "linear" / "version_0")
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert [step for step, _ in scalars[tag]] == list(range(250)), tag
+
+
+def test_validation_points_every_val_every_epochs_and_at_the_end(tutorial_runs):
+    root, summaries = tutorial_runs
+    scalars = read_scalars(root / "sequential" / "version_0")
+    assert [step for step, _ in scalars["train/loss"]] == list(range(10_000))
+    assert [step for step, _ in scalars["val/acc"]] == list(range(99, 10_000, 100))
+    assert scalars["train/loss"][0][1] == pytest.approx(summaries["sequential"]["initial_loss"])
+    assert scalars["val/acc"][-1][1] == pytest.approx(summaries["sequential"]["val_acc"])
+
+
+@pytest.mark.parametrize("name", ["scratch", "sequential"])
+def test_mini_batches_follow_the_plain_loop(name):
+    data = BlobData()
+    net, update = tutorial_network(name)
+    optimizer = None if update == "by hand" else torch.optim.SGD(net.parameters(), lr=0.2)
+    loss_fn = hand_cross_entropy if name == "scratch" else F.cross_entropy
+    plain = fit_plain(net, loss_fn, optimizer, data.x_train, data.y_train, data.x_val, data.y_val, 30, batch_size=64)
+    model, _ = fit_lightning(name, epochs=30, batch_size=64, epochs_per_step=7)
+    assert model.history["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-5)
+    assert model.history["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-5)
+    assert model.history["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
