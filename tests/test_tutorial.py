@@ -30,7 +30,9 @@ def test_default_command_reproduces_the_tutorial(tutorial_runs, name):
 def fit_lightning(name: str, epochs: int, **options) -> tuple[L.LightningModule, L.Trainer]:
     batch_size = options.pop("batch_size", None)
     data = BlobData(epochs=epochs, batch_size=batch_size, epochs_per_step=options.pop("epochs_per_step", None))
+    replay_epochs = options.pop("replay_epochs", None)
     model = TUTORIAL_MODELS[name](**options)
+    model.replay_epochs = replay_epochs
     trainer = L.Trainer(
         max_epochs=data.lightning_epochs,
         accelerator="cpu",

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlnet_lightning.data import EpochChunk
+from mlnet_lightning.models.epochs import EagerEpochs, ReplayedEpochs
 
 
 class TutorialModule(L.LightningModule):
@@ -26,6 +27,7 @@ class TutorialModule(L.LightningModule):
     """
 
     trains_epoch_chunks = True  # asks the data module for EpochChunks instead of batches
+    replay_epochs: bool | None = None  # CUDA graph replay of epochs; None: wherever it is safe
 
     def __init__(
         self,
@@ -50,6 +52,7 @@ class TutorialModule(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.direct_steps = False
+        self._replayer: ReplayedEpochs | None = None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
@@ -108,20 +111,31 @@ class TutorialModule(L.LightningModule):
         self.train(was_training)
         return self.loss(output, y), output.argmax(-1)
 
+    def epoch_runner(self, chunk: EpochChunk) -> EagerEpochs | ReplayedEpochs:
+        """Replay a captured CUDA graph where it is safe: full batch, no gradient scaler, no
+        autocast, one process; eager otherwise (and always on CPU unless tests ask for replays)."""
+        replay = self.replay_epochs
+        if replay is None:
+            replay = self.device.type == "cuda" and self.direct_steps and self.trainer.precision == "32-true"
+        if not (replay and chunk.full_batch):
+            return EagerEpochs(self, chunk)
+        if self._replayer is None or not self._replayer.fits(chunk):
+            self._replayer = ReplayedEpochs(self, chunk, capacity=len(chunk.epochs))
+        return self._replayer.start(chunk)
+
     def training_step(self, chunk: EpochChunk) -> None:
-        losses, predictions, targets, val_epochs, val_results = [], [], [], [], []
+        runner = self.epoch_runner(chunk)
+        val_epochs, val_results = [], []
         for epoch in chunk.epochs:
-            loss, prediction, target = self.train_epoch(chunk, epoch)
-            losses.append(loss)
-            predictions.append(prediction)
-            targets.append(target)
+            runner.train(epoch)
             if chunk.validates_inside(epoch):
                 val_epochs.append(epoch)
                 val_results.append(self.evaluate(*chunk.val))
+        losses, predictions, targets = runner.results()
         # One comparison scores the whole chunk's curve (a torchmetrics call costs a tenth of an
         # epoch here); torchmetrics scores the chunk's last epoch, which callbacks see.
-        accuracies = torch.stack(predictions).eq(torch.stack(targets)).float().mean(-1)
-        self.log_points(chunk.epochs, {"train/loss": torch.stack(losses), "train/acc": accuracies})
+        accuracies = predictions.eq(targets).float().mean(-1)
+        self.log_points(chunk.epochs, {"train/loss": losses, "train/acc": accuracies})
         if val_epochs:
             val_losses, val_predictions = zip(*val_results)
             val_accuracies = torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)
@@ -129,7 +143,8 @@ class TutorialModule(L.LightningModule):
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         self.train_acc(predictions[-1], targets[-1])
         # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
-        self.log_dict({"train/loss": losses[-1], "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
+        last_loss = losses[-1].clone()  # the replay buffers are rewritten by the next chunk
+        self.log_dict({"train/loss": last_loss, "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
 
     def count_steps(self, steps: int) -> None:
         """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and
