@@ -89,9 +89,15 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted})
 
 
-def train_one(name: str, model_class: type[L.LightningModule], config: Namespace, parser) -> dict[str, Any]:
-    """Fit one network; returns its summary."""
-    data = BlobData(epochs=config.epochs, **config.data)
+def train_one(
+    name: str,
+    model_class: type[L.LightningModule],
+    config: Namespace,
+    parser: LightningArgumentParser,
+    data: ClassificationData | None = None,
+) -> dict[str, Any]:
+    """Fit one network (on the configured data unless given); returns its summary."""
+    data = data or BlobData(epochs=config.epochs, **config.data)
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}

@@ -1,0 +1,166 @@
+"""Time the Trainer path against a plain PyTorch loop, side by side in one process.
+
+    python scripts/benchmark.py --accelerator cpu      # about 4 minutes on 2 cores
+    python scripts/benchmark.py --accelerator gpu      # about 2 minutes on one H100
+
+Each case runs the plain loop and the Trainer path (the main command's own code, with its default
+logging, progress bar and checkpoints) on the same device, and reports their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlnet_lightning.baseline import fit_plain, fit_tutorial
+from mlnet_lightning.cli import _quiet_lightning, build_parser, train_one
+from mlnet_lightning.data import BlobData
+from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Wide(TutorialModule):
+    """The larger problem's network: 2-256-256-4, logits."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        torch.manual_seed(self.hparams.seed)
+        self.net = wide_network()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def wide_network() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
+
+
+def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobData, *options: str):
+    """The main command's path for one network; returns (wall seconds, summary)."""
+    parser = build_parser()
+    config = parser.parse_args(
+        ["--model", name, "--accelerator", accelerator, "--default_root_dir", root, "--epochs", str(data.epochs)]
+        + list(options)
+    )
+    start = time.perf_counter()
+    summary = train_one(name, model_class, config, parser, data=data)
+    return time.perf_counter() - start, summary
+
+
+def on_device(data: BlobData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_val, data.y_val))
+
+
+def tutorial_case(name: str, accelerator: str, device: torch.device, root: str, repeats: int) -> dict:
+    plain_times, trainer_times = [], []
+    for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
+        plain = fit_tutorial(name, *on_device(BlobData(), device), epochs=10_000)
+        plain_times.append(plain.seconds)
+        seconds, summary = trainer_run(TUTORIAL_MODELS[name], name, accelerator, root, BlobData(epochs=10_000))
+        trainer_times.append(seconds)
+    return row(f"{name} 10k epochs", summary, 10_000, plain_times, trainer_times, plain.losses[-1])
+
+
+def large_case(batch_size: int | None, epochs: int, accelerator: str, device: torch.device, root: str) -> dict:
+    data = BlobData(n_samples=1_000_000, epochs=epochs, epochs_per_step=epochs, batch_size=batch_size)
+    torch.manual_seed(0)
+    net = wide_network().to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+    plain = fit_plain(net, F.cross_entropy, optimizer, *on_device(data, device), epochs, batch_size=batch_size)
+    seconds, summary = trainer_run(Wide, "wide", accelerator, root, data)
+    label = f"2-256-256-4, 1M points, {'full batch' if batch_size is None else f'batch {batch_size}'}"
+    return row(label, summary, epochs, [plain.seconds], [seconds], plain.losses[-1])
+
+
+def row(case: str, summary: dict, epochs: int, plain_times: list, trainer_times: list, plain_loss: float) -> dict:
+    plain_s, trainer_s = statistics.median(plain_times), statistics.median(trainer_times)
+    return {
+        "case": case,
+        "device": summary["device"],
+        "plain_s": round(plain_s, 3),
+        "trainer_s": round(trainer_s, 3),
+        "ratio": round(trainer_s / plain_s, 3),
+        "trainer_us_per_epoch": round(trainer_s / epochs * 1e6, 1),
+        "plain_final_loss": plain_loss,
+        "trainer_final_loss": summary["final_loss"],
+        "runs": len(plain_times),
+    }
+
+
+def main_command_case(repeats: int) -> dict:
+    times = []
+    with tempfile.TemporaryDirectory() as root:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            command = [sys.executable, "scripts/train.py", "--accelerator", "cpu", "--default_root_dir", root]
+            subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+    return {
+        "case": "main command, wall (5 networks x 10k epochs)",
+        "device": "cpu",
+        "trainer_s": statistics.median(times),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = ["case", "device", "plain_s", "trainer_s", "ratio", "trainer_us_per_epoch", "plain_final_loss",
+               "trainer_final_loss"]  # fmt: skip
+    cells = [columns] + [[_format(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}" if abs(value) < 10 else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the sequential case (median)")
+    parser.add_argument(
+        "--output", default=None, help="JSON file (default lightning_logs/benchmark-<accelerator>.json)"
+    )
+    parser.add_argument("--skip-large", action="store_true", help="skip the 1M-point cases")
+    args = parser.parse_args()
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        sys.exit("benchmark.py: error: --accelerator gpu: no CUDA GPU is available on this machine")
+    _quiet_lightning()
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        rows.append(tutorial_case("sequential", args.accelerator, device, root, args.repeats))
+        print_table(rows)
+        for name in TUTORIAL_MODELS:
+            if name != "sequential":
+                rows.append(tutorial_case(name, args.accelerator, device, root, repeats=1))
+        if not args.skip_large:
+            epochs = 2 if args.accelerator == "cpu" else 20
+            rows.append(large_case(None, epochs, args.accelerator, device, root))
+            rows.append(large_case(4096, 1 if args.accelerator == "cpu" else 5, args.accelerator, device, root))
+    if args.accelerator == "cpu":
+        rows.append(main_command_case(args.repeats))
+    print()
+    print_table(rows)
+    output = Path(args.output or f"lightning_logs/benchmark-{args.accelerator}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
