@@ -2,7 +2,7 @@
 
 They go to TensorBoard (IMAGES, and HPARAMS with the run's final metrics) and, at the end, into the
 run folder as PNG files. Snapshots taken during training are drawn with tensor operations only;
-matplotlib (its Agg canvas, which needs no display) draws the files once training is over.
+matplotlib (its Agg canvas, which needs no display) draws the figures once training is over.
 """
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from matplotlib.lines import Line2D
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mlnet_lightning.callbacks import epochs_done
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 # matplotlib's tab10, so that the snapshots and the PNG files give a class the same colour.
 PALETTE = torch.tensor(
@@ -240,7 +241,7 @@ class Pictures(L.Callback):
                 figures["decision_boundary"] = (boundary_figure(boundary, self.grid, data, title), None)
         for name, (figure, step) in figures.items():
             image = render(figure)
-            save_png(folder / f"{name}.png", image)
+            imsave(folder / f"{name}.png", image)
             if step is not None:
                 self.log_image(trainer, name, image, step)
 
@@ -259,14 +260,12 @@ def has_forward(module: L.LightningModule) -> bool:
     return type(module).forward is not L.LightningModule.forward
 
 
-# Drawing the PNG files: matplotlib is imported only here, once training is over.
+# The figures of the PNG files.
 
 
 def new_figure(width: float, height: float, **margins: float) -> Figure:
-    from matplotlib.figure import Figure
-
     # A bare Figure on the Agg canvas: no pyplot, no display, no global backend switched. Fixed
-    # margins, because a layout engine measures every text several times and triples the drawing time.
+    # margins, because a layout engine measures every text several times and more than doubles the drawing time.
     figure = Figure(figsize=(width, height), dpi=100)
     figure.subplots_adjust(**margins)
     return figure
@@ -274,23 +273,13 @@ def new_figure(width: float, height: float, **margins: float) -> Figure:
 
 def render(figure: Figure) -> np.ndarray:
     """The figure as an RGB uint8 array (H, W, 3)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    from matplotlib.image import imsave
-
-    imsave(path, image)
-
-
 def scatter_points(ax: Any, data: Any) -> None:
     """The training (circles) and validation (triangles) points in their class colours, with a legend."""
-    from matplotlib.lines import Line2D
-
     for x, y, marker in ((data.x_train, data.y_train, "o"), (data.x_val, data.y_val, "^")):
         colours = (PALETTE[y.cpu() % len(PALETTE)] / 255).numpy()
         ax.scatter(*x.cpu().T.numpy(), s=14, marker=marker, c=colours, edgecolors="0.15", linewidths=0.6)
