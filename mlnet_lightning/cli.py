@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
 from mlnet_lightning.data import BlobData, ClassificationData
 from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
@@ -50,6 +51,12 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
+    )
+    parser.add_argument(
+        "--pictures",
+        type=bool,
+        default=True,
+        help="draw the data, decision boundaries, confusion matrix and curves (TensorBoard and PNG files)",
     )
     parser.add_class_arguments(ClassificationData, "data", skip={"epochs"})
     parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
@@ -110,6 +117,7 @@ def train_one(
     run_config = config.clone()
     run_config.model = name if name in TUTORIAL_MODELS else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=config.pictures))
     logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
