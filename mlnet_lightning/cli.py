@@ -64,7 +64,12 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
     parser.add_argument("--epochs", type=PositiveInt, default=10_000, help="passes over the training data")
-    parser.add_argument("--lr", type=PositiveFloat, default=0.2, help="learning rate")
+    parser.add_argument(
+        "--lr",
+        type=PositiveFloat,
+        default=0.2,
+        help="learning rate of the default SGD and of hand-written updates (--optimizer takes --optimizer.lr)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
@@ -148,7 +153,7 @@ def train_one(
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
-    summary = RunSummary(run_name or name)
+    summary = RunSummary(name)
     callbacks = [summary, *(trainer_options.pop("callbacks") or [])]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar())
@@ -225,9 +230,14 @@ def one_line(error: Exception) -> str:
     return f"--{option}: {' '.join(reasons)}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def prepare() -> None:
+    """Quiet Lightning, and let --model my_file.MyNet import from the working directory."""
     _quiet_lightning()
-    sys.path.insert(0, str(Path.cwd()))  # so that --model my_file.MyNet imports from here
+    sys.path.insert(0, str(Path.cwd()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare()
     parser = build_parser()
     try:
         config, models = parse(parser, argv)
