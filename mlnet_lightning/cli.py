@@ -113,7 +113,7 @@ def import_file(path: Path):
     """Import a Python file as the module named after it, as `import` would from its folder."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # so that pickling and Lightning's hparams find its classes
+    sys.modules[path.stem] = module  # as `import` does: pickle and typing look up a class's module there
     spec.loader.exec_module(module)
     return module
 
@@ -180,9 +180,12 @@ SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc"
 
 
 def format_table(
-    summaries: list[dict[str, Any]], logits: bool, columns: tuple[str, ...] = SUMMARY_COLUMNS, tutorial_rows=True
+    summaries: list[dict[str, Any]],
+    logits: bool,
+    columns: tuple[str, ...] = SUMMARY_COLUMNS,
+    tutorial_rows: bool = True,
 ) -> str:
-    """Our numbers, with the tutorial's beneath each network it has numbers for."""
+    """Our numbers, with the tutorial's beneath each network it has numbers for (unless tutorial_rows is False)."""
     rows = [columns]
     for summary in summaries:
         rows.append(tuple(_cell(summary.get(c), c) for c in columns))
