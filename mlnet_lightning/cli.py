@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import logging
 import re
 import sys
@@ -134,7 +135,8 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
         "num_features": data.num_features,
         "num_classes": data.num_classes,
     }
-    chosen = {key: config[key].as_dict() for key in ("optimizer", "lr_scheduler") if config[key] is not None}
+    chosen_classes = {key: config[key].as_dict() for key in ("optimizer", "lr_scheduler") if config[key]}
+    chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
     if issubclass(model_class, MLP):
         chosen.update(config.mlp.as_dict())
     accepted = inspect.signature(model_class).parameters

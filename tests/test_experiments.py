@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from mlnet_lightning import compare
 from mlnet_lightning.baseline import fit_tutorial
@@ -65,10 +66,13 @@ def test_mlp_config_is_the_scratch_network_step_for_step(tmp_path):
     assert summary["val_acc"] == pytest.approx(plain.val_acc, abs=1e-6)
 
 
-@pytest.mark.parametrize("config, at_least", [("moons_relu_adam", 0.95), ("relu_adam", 0.94)])
-def test_two_relu_layers_with_adam_reach_the_target(tmp_path, config, at_least):
-    """[16, 16] ReLU with Adam: val acc 0.95 on moons with noise 0.2 (1,000 points), 0.94 on the blobs."""
+@pytest.mark.parametrize("config, classes, at_least", [("moons_relu_adam", 2, 0.95), ("relu_adam", 4, 0.94)])
+def test_two_relu_layers_with_adam_reach_the_target(tmp_path, config, classes, at_least):
+    """[16, 16] ReLU with Adam: val acc 0.95 on moons with noise 0.2 (1,000 points), 0.94 on the blobs;
+    the network's outputs follow the data's classes."""
     summary = train(tmp_path, "--config", str(ROOT / "configs" / f"{config}.yaml"))["mlp"]
+    hparams = yaml.safe_load((tmp_path / "mlp" / "version_0" / "hparams.yaml").read_text())
+    assert (hparams["num_classes"], hparams["hidden"], hparams["activation"]) == (classes, [16, 16], "relu")
     assert summary["epochs"] == 1000
     assert round(summary["val_acc"], 4) >= at_least  # rounded: float32 reads 235/250 as 0.93999999
 
