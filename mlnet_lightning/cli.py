@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import json
 import logging
+import re
 import sys
 import warnings
 from argparse import ArgumentError
@@ -17,20 +20,36 @@ from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.optim.lr_scheduler import LRScheduler
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
-from mlnet_lightning.data import BlobData, ClassificationData
-from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.data import ClassificationData
+from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
 OWNED_TRAINER_OPTIONS = {"max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch", "logger"}
 MODEL_HELP = (
-    f"network to train: {', '.join(TUTORIAL_MODELS)}, all (each in turn, as the tutorial does), "
-    "or a LightningModule's import path such as my_file.MyNet"
+    f"network to train: {', '.join(MODELS)}, all (the tutorial's five in turn, as it does), "
+    "or a LightningModule of your own: my_file.MyNet (importable from here) or path/to/my_file.py:MyNet"
+)
+# Examples for an unknown class name given to a class option.
+CLASS_EXAMPLES = {
+    "data": "BlobData, MoonsData, CirclesData",
+    "optimizer": "SGD, Adam, AdamW, RMSprop",
+    "lr_scheduler": "StepLR, ExponentialLR, CosineAnnealingLR",
+}
+# Lines of jsonargparse's messages about the other types an option accepts, not about the mistake.
+JSONARGPARSE_NOISE = (
+    "Expected a path but",
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Expected a <class 'NoneType'>",
+    "Given value",
 )
 
 
@@ -47,7 +66,12 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
     parser.add_argument("--epochs", type=PositiveInt, default=10_000, help="passes over the training data")
-    parser.add_argument("--lr", type=PositiveFloat, default=0.2, help="learning rate")
+    parser.add_argument(
+        "--lr",
+        type=PositiveFloat,
+        default=0.2,
+        help="learning rate of the default SGD and of hand-written updates (--optimizer takes --optimizer.lr)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
@@ -58,7 +82,14 @@ def build_parser() -> LightningArgumentParser:
         default=True,
         help="draw the data, decision boundaries, confusion matrix and curves (TensorBoard and PNG files)",
     )
-    parser.add_class_arguments(ClassificationData, "data", skip={"epochs"})
+    parser.add_subclass_arguments(
+        ClassificationData, "data", skip={"epochs"}, default={"class_path": "mlnet_lightning.data.BlobData"}
+    )
+    # The network options of --model mlp; the rest of its constructor comes from the options above.
+    tutorial_options = set(inspect.signature(TutorialModule).parameters)
+    parser.add_class_arguments(MLP, "mlp", skip=tutorial_options, instantiate=False)
+    parser.add_optimizer_args()
+    parser.add_lr_scheduler_args((LRScheduler,))
     parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
     parser.set_defaults(
         {"default_root_dir": "lightning_logs", "num_sanity_val_steps": 0, "enable_model_summary": False}
@@ -67,23 +98,43 @@ def build_parser() -> LightningArgumentParser:
 
 
 def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
-    """A tutorial network's name, or `module.Class` importable from the working directory."""
-    if name in TUTORIAL_MODELS:
-        return name, TUTORIAL_MODELS[name]
-    module_name, _, class_name = name.rpartition(".")
-    if not module_name:
-        raise UsageError(f"unknown model {name!r}: choose {', '.join(TUTORIAL_MODELS)}, all, or module.Class")
+    """A network's name, `module.Class` importable from the working directory, or `path/to/file.py:Class`."""
+    if name in MODELS:
+        return name, MODELS[name]
+    in_file = ":" in name
+    location, _, class_name = name.rpartition(":" if in_file else ".")
+    if not location or (in_file and not location.endswith(".py")):
+        raise UsageError(
+            f"unknown model {name!r}: choose {', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
+        )
     try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
+        module = import_file(Path(location)) if in_file else importlib.import_module(location)
+        model_class = getattr(module, class_name)
+    except (ImportError, AttributeError, FileNotFoundError) as error:
         raise UsageError(f"cannot import model {name!r}: {error}") from None
     if not (inspect.isclass(model_class) and issubclass(model_class, L.LightningModule)):
         raise UsageError(f"model {name!r} is not a LightningModule")
     return class_name.lower(), model_class
 
 
+def import_file(path: Path):
+    """Import a Python file as the module named after it, as `import` would from its folder."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # as `import` does: pickle and typing look up a class's module there
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_data(config: Namespace) -> ClassificationData:
+    """The data set chosen by --data, trained for --epochs."""
+    init_args = {**config.data.init_args, "epochs": config.epochs}
+    return instantiate_class((), {"class_path": config.data.class_path, "init_args": init_args})
+
+
 def build_model(model_class: type[L.LightningModule], config: Namespace, data: ClassificationData):
-    """Pass the options the model's constructor takes: learning rate, seed, logits, data shape."""
+    """Pass the options the model's constructor takes: learning rate, seed, logits, data shape;
+    the chosen optimizer and schedule, and the --mlp options to an MLP, must be taken."""
     offered = {
         "lr": config.lr,
         "seed": config.seed,
@@ -91,9 +142,16 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
         "num_features": data.num_features,
         "num_classes": data.num_classes,
     }
+    chosen_classes = {key: config[key].as_dict() for key in ("optimizer", "lr_scheduler") if config[key]}
+    chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
+    if issubclass(model_class, MLP):
+        chosen.update(config.mlp.as_dict())
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+    refused = [key for key in chosen if not (takes_all or key in accepted)]
+    if refused:
+        raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
+    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
 
 
 def train_one(
@@ -101,10 +159,12 @@ def train_one(
     model_class: type[L.LightningModule],
     config: Namespace,
     parser: LightningArgumentParser,
+    run_name: str | None = None,
     data: ClassificationData | None = None,
 ) -> dict[str, Any]:
-    """Fit one network (on the configured data unless given); returns its summary."""
-    data = data or BlobData(epochs=config.epochs, **config.data)
+    """Fit one network, logging under `run_name` (default: the network's name), on the configured
+    data unless given; returns its summary."""
+    data = data or build_data(config)
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
@@ -115,10 +175,11 @@ def train_one(
     if trainer_options["enable_checkpointing"] is not False:
         callbacks.append(ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="{epoch}-best"))
     run_config = config.clone()
-    run_config.model = name if name in TUTORIAL_MODELS else config.model
+    run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=config.pictures))
-    logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
+    run_options = {"epochs": config.epochs, "data": {"name": type(data).__name__, **data.hparams}}
+    callbacks.append(Pictures(name, run_options, draw=config.pictures))
+    logger = TensorBoardLogger(trainer_options["default_root_dir"], name=run_name or name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
             **trainer_options,
@@ -132,16 +193,23 @@ def train_one(
     return summary.summary
 
 
-def format_table(summaries: list[dict[str, Any]], logits: bool) -> str:
-    """Our numbers, with the tutorial's beneath each network it has numbers for."""
-    columns = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
+SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
+
+
+def format_table(
+    summaries: list[dict[str, Any]],
+    logits: bool,
+    columns: tuple[str, ...] = SUMMARY_COLUMNS,
+    tutorial_rows: bool = True,
+) -> str:
+    """Our numbers, with the tutorial's beneath each network it has numbers for (unless tutorial_rows is False)."""
     rows = [columns]
     for summary in summaries:
         rows.append(tuple(_cell(summary.get(c), c) for c in columns))
         reference = TUTORIAL.get(summary["model"])
-        if reference is not None and summary["epochs"] == 10_000:
-            reference = {**reference, **(LOGITS_FIX if logits else {})}
-            rows.append(("  tutorial", *(_cell(reference.get(c), c) for c in columns[1:5]), "", ""))
+        if tutorial_rows and reference is not None and summary["epochs"] == 10_000:
+            reference = {**reference, **(LOGITS_FIX if logits else {}), columns[0]: "  tutorial"}
+            rows.append(tuple(_cell(reference.get(c), c) for c in columns))
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -152,19 +220,50 @@ def _cell(value: Any, column: str) -> str:
     return "" if value is None else str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
+    """The options, and the networks they name; raises ArgumentError or UsageError."""
+    config = parser.parse_args(argv)
+    names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
+    models = [resolve_model(name) for name in names]
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
+    if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
+        raise UsageError("--mlp options apply to --model mlp only")
+    return config, models
+
+
+def one_line(error: Exception) -> str:
+    """An error as one line. jsonargparse's nested messages name the option, then the reasons that
+    are not about the types it also accepts (None, a config file's path)."""
+    text = str(error)
+    key = re.match(r'Parser key "([\w.]+)":', text)
+    if key is None:
+        return " ".join(text.split())
+    option = key.group(1)
+    reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]]
+    reasons = [reason for reason in reasons if reason and not reason.startswith(JSONARGPARSE_NOISE)]
+    for reason in reasons:
+        unknown = re.match(r"Expected a dot import path string: (\S+)", reason)
+        if unknown and option in CLASS_EXAMPLES:
+            examples = CLASS_EXAMPLES[option]
+            return f"--{option}: unknown class {unknown.group(1)!r}: give a name such as {examples}, or an import path"
+    return f"--{option}: {' '.join(reasons)}"
+
+
+def prepare() -> None:
+    """Quiet Lightning, and let --model my_file.MyNet import from the working directory."""
     _quiet_lightning()
-    sys.path.insert(0, str(Path.cwd()))  # so that --model my_file.MyNet imports from here
+    sys.path.insert(0, str(Path.cwd()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare()
     parser = build_parser()
     try:
-        config = parser.parse_args(argv)
-        names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
-        models = [resolve_model(name) for name in names]
-        if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
+        config, models = parse(parser, argv)
         summaries = [train_one(name, model_class, config, parser) for name, model_class in models]
     except (ArgumentError, UsageError, ValueError) as error:
-        print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"train.py: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(format_table(summaries, config.logits))
     return 0

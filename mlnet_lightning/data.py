@@ -1,4 +1,4 @@
-"""The tutorial's data as a LightningDataModule, held as ready tensors on the Trainer's device."""
+"""The tutorial's data, and the shapes it suggests next, as LightningDataModules of ready device tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import lightning as L
 import torch
-from sklearn.datasets import make_blobs
+from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
@@ -178,6 +178,12 @@ class BlobData(ClassificationData):
     """`make_blobs`: the tutorial's four Gaussian blobs in 2-D."""
 
     def __init__(self, n_samples: int = 1000, centers: int = 4, cluster_std: float = 1.0, **kwargs) -> None:
+        """
+        Args:
+            n_samples: points in all, before the 75/25 split.
+            centers: blobs, one class each.
+            cluster_std: standard deviation of each blob.
+        """
         self.n_samples, self.centers, self.cluster_std = n_samples, centers, cluster_std
         super().__init__(**kwargs)
 
@@ -189,3 +195,42 @@ class BlobData(ClassificationData):
             cluster_std=self.cluster_std,
             random_state=self.seed,
         )
+
+
+class NoisyShapeData(ClassificationData):
+    """Base of scikit-learn's 2-D shapes that take Gaussian `noise`: moons and circles."""
+
+    def __init__(self, n_samples: int = 1000, noise: float = 0.0, **kwargs) -> None:
+        """
+        Args:
+            n_samples: points in all, before the 75/25 split.
+            noise: standard deviation of the Gaussian noise added to every point.
+        """
+        if not noise >= 0:
+            raise ValueError(f"noise must be a non-negative number, got {noise}")
+        self.n_samples, self.noise = n_samples, noise
+        super().__init__(**kwargs)
+
+
+class MoonsData(NoisyShapeData):
+    """`make_moons`: two interleaving half circles, the tutorial's suggested data that no line separates."""
+
+    def make(self):
+        return make_moons(n_samples=self.n_samples, noise=self.noise, random_state=self.seed)
+
+
+class CirclesData(NoisyShapeData):
+    """`make_circles`: a small circle inside a large one."""
+
+    def __init__(self, factor: float = 0.5, **kwargs) -> None:
+        """
+        Args:
+            factor: radius of the inner circle relative to the outer one, between 0 and 1.
+        """
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be between 0 and 1, got {factor}")
+        self.factor = factor
+        super().__init__(**kwargs)
+
+    def make(self):
+        return make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)
