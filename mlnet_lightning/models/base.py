@@ -14,6 +14,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from mlnet_lightning.data import EpochChunk
 
 
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
 class TutorialModule(L.LightningModule):
     """Base of the networks: a subclass makes its parameters and writes `forward`.
 
@@ -118,18 +122,34 @@ class TutorialModule(L.LightningModule):
             if chunk.validates_inside(epoch):
                 val_epochs.append(epoch)
                 val_results.append(self.evaluate(*chunk.val))
+        losses = torch.stack(losses)
+        self.check_finite(losses, chunk.epochs)
         # One comparison scores the whole chunk's curve (a torchmetrics call costs a tenth of an
         # epoch here); torchmetrics scores the chunk's last epoch, which callbacks see.
         accuracies = torch.stack(predictions).eq(torch.stack(targets)).float().mean(-1)
-        self.log_points(chunk.epochs, {"train/loss": torch.stack(losses), "train/acc": accuracies})
+        self.log_points(chunk.epochs, {"train/loss": losses, "train/acc": accuracies})
         if val_epochs:
             val_losses, val_predictions = zip(*val_results)
             val_accuracies = torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)
             self.log_points(val_epochs, {"val/loss": torch.stack(val_losses), "val/acc": val_accuracies})
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         self.train_acc(predictions[-1], targets[-1])
-        # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
-        self.log_dict({"train/loss": losses[-1], "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
+        # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
+        # the loggers: log_points wrote these, and Lightning would add points at its own step count.
+        self.log_dict(
+            {"train/loss": losses[-1], "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])}, logger=False
+        )
+
+    def check_finite(self, losses: Tensor, epochs: range) -> None:
+        """Stop at the chunk's first NaN or infinite loss, before it is logged or checkpointed; one
+        device sync per chunk, none per epoch."""
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            first = int(finite.logical_not().nonzero()[0])
+            raise TrainingDiverged(
+                f"the loss became {losses[first].item()} at epoch {epochs[first]} "
+                f"(the learning rate {self.hparams.lr} may be too large)"
+            )
 
     def count_steps(self, steps: int) -> None:
         """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and
