@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import sys
+import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -16,13 +18,16 @@ import torch
 from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
+from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
+from mlnet_lightning.checkpoints import Resume, RunCheckpoint, plan_resume
 from mlnet_lightning.data import BlobData, ClassificationData
 from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
@@ -48,6 +53,13 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--epochs", type=PositiveInt, default=10_000, help="passes over the training data")
     parser.add_argument("--lr", type=PositiveFloat, default=0.2, help="learning rate")
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="continue a run from a checkpoint: its path, or last for the newest run of each network "
+        "(checkpoints are written every --data.epochs_per_step epochs)",
+    )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
     )
@@ -78,7 +90,7 @@ def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
 def build_model(model_class: type[L.LightningModule], config: Namespace, data: ClassificationData):
     """Pass the options the model's constructor takes: learning rate, seed, logits, data shape."""
     offered = {
-        "lr": config.lr,
+        "lr": float(config.lr),  # a plain float (not PositiveFloat): checkpoints then load with weights_only
         "seed": config.seed,
         "logits": config.logits,
         "num_features": data.num_features,
@@ -90,32 +102,74 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
 
 
 def train_one(name: str, model_class: type[L.LightningModule], config: Namespace, parser) -> dict[str, Any]:
-    """Fit one network; returns its summary."""
-    data = BlobData(epochs=config.epochs, **config.data)
+    """Fit one network; returns its summary, or raises RunInterrupted after Ctrl-C."""
+    data = BlobData(epochs=int(config.epochs), **config.data)
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
-    summary = RunSummary(name)
-    callbacks = [summary, *(trainer_options.pop("callbacks") or [])]
+    runs_dir = Path(trainer_options["default_root_dir"]) / name
+    resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
+    if config.ckpt_path and resume is None:
+        print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
+    stop = StopOnInterrupt()
+    summary = RunSummary(name, stop)
+    callbacks = [summary, stop, RunCheckpoint(), *(trainer_options.pop("callbacks") or [])]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar())
+    # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
+    # because Lightning's save_last only rewrites it at steps where val/acc has improved.
+    latest = ModelCheckpoint(filename="last", enable_version_counter=False)  # no monitor: keeps the newest
     if trainer_options["enable_checkpointing"] is not False:
-        callbacks.append(ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="{epoch}-best"))
+        callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
     run_config = config.clone()
     run_config.model = name if name in TUTORIAL_MODELS else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
             **trainer_options,
             max_epochs=data.lightning_epochs if fast else data.epochs,
-            logger=logger,
+            logger=run_logger(runs_dir, resume),
             callbacks=callbacks,
         )
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
-    trainer.fit(model, datamodule=data)
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
+        raise UsageError(f"--devices {config.devices}: this machine has only {os.cpu_count()} CPU cores")
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+    except RunInterrupted:
+        pass  # a second Ctrl-C: the summary so far is below
+    except TrainingDiverged as error:
+        kept = latest.best_model_path  # with no monitor, the "best" is the newest
+        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
+    if stop.requested:
+        raise RunInterrupted(summary.summary)
     return summary.summary
+
+
+def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
+    """A new version under `runs_dir`, or the resumed run's own folder. The resumed run rewrites the
+    points from its checkpoint on; purge_step makes TensorBoard drop the killed run's copies of them."""
+    if resume is None or resume.run_dir is None:
+        return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
+    run_dir = resume.run_dir
+    return TensorBoardLogger(
+        run_dir.parent.parent,
+        name=run_dir.parent.name,
+        version=run_dir.name,
+        default_hp_metric=False,
+        purge_step=resume.first_step,
+    )
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training, not after it, when the logs cannot be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
 
 
 def format_table(summaries: list[dict[str, Any]], logits: bool) -> str:
@@ -138,20 +192,41 @@ def _cell(value: Any, column: str) -> str:
     return "" if value is None else str(value)
 
 
+def print_error(program: str, error: BaseException | str) -> None:
+    """The one-line error of the command-line tools: `program: error: what is wrong`."""
+    print(f"{program}: error: {' '.join(str(error).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """train.py: 0 when done, 2 for a usage error, 1 when training diverged, 130 after Ctrl-C."""
     _quiet_lightning()
     sys.path.insert(0, str(Path.cwd()))  # so that --model my_file.MyNet imports from here
     parser = build_parser()
+    summaries: list[dict[str, Any]] = []
     try:
         config = parser.parse_args(argv)
         names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
         models = [resolve_model(name) for name in names]
         if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
-        summaries = [train_one(name, model_class, config, parser) for name, model_class in models]
+        if config.ckpt_path not in (None, "last") and len(models) > 1:
+            raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
+        check_writable(config.default_root_dir)
+        for name, model_class in models:
+            summaries.append(train_one(name, model_class, config, parser))
     except (ArgumentError, UsageError, ValueError) as error:
-        print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print_error("train.py", error)
         return 2
+    except TrainingDiverged as error:
+        print_error("train.py", f"training diverged: {error}")
+        return 1
+    except RunInterrupted as interrupted:
+        print(format_table([*summaries, interrupted.summary], config.logits))
+        print("train.py: interrupted; continue with the same command and --ckpt_path last", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before or between fits, where nothing needs saving
+        print("train.py: interrupted", file=sys.stderr)
+        return 130
     print(format_table(summaries, config.logits))
     return 0
 
@@ -162,3 +237,4 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own checkpoints

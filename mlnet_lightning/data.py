@@ -113,11 +113,15 @@ class ClassificationData(L.LightningDataModule):
             epochs: passes over the training data (the command line's --epochs sets it).
             val_every: validate every this many epochs, and after the last.
             epochs_per_step: epochs that a fast module trains inside one Lightning step; the
-                Trainer's epoch loop, checkpoints and progress bar advance at this pace. None picks
-                the largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
+                Trainer's epoch loop, checkpoints (last.ckpt and the best) and progress bar advance
+                at this pace, so an interrupted run loses at most this many epochs. None picks the
+                largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
             seed: seed of the data, the split and mini-batch shuffling.
         """
         super().__init__()
+        # Into checkpoints (not the loggers: the model logs its own seed), so that
+        # `BlobData.load_from_checkpoint` rebuilds the same split without the command.
+        self.save_hyperparameters(logger=False)
         for name, value in {"batch_size": batch_size, "epochs": epochs, "epochs_per_step": epochs_per_step}.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
