@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
@@ -85,6 +87,23 @@ class Resume:
     checkpoint: Path
     run_dir: Path | None
     first_step: int
+
+    def logger(self) -> TensorBoardLogger:
+        """A logger that goes on writing in the run's folder. The resumed run logs the points from its
+        checkpoint on again; purge_step makes TensorBoard drop the interrupted run's copies of them."""
+        assert self.run_dir is not None
+        # TensorBoard reads a folder's event files in name order, and a name starts with the second the
+        # file was made: the new file must come from a later second than the interrupted run's.
+        names = [path.name.split(".") for path in self.run_dir.glob("events.out.tfevents.*")]
+        stamps = [int(parts[3]) for parts in names if len(parts) > 3 and parts[3].isdigit()]
+        time.sleep(max(0.0, max(stamps, default=0) + 1 - time.time()))
+        return TensorBoardLogger(
+            self.run_dir.parent.parent,
+            name=self.run_dir.parent.name,
+            version=self.run_dir.name,
+            default_hp_metric=False,
+            purge_step=self.first_step,
+        )
 
 
 def newest_last_checkpoint(runs_dir: Path) -> Path | None:

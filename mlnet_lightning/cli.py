@@ -148,18 +148,10 @@ def train_one(name: str, model_class: type[L.LightningModule], config: Namespace
 
 
 def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
-    """A new version under `runs_dir`, or the resumed run's own folder. The resumed run rewrites the
-    points from its checkpoint on; purge_step makes TensorBoard drop the killed run's copies of them."""
-    if resume is None or resume.run_dir is None:
-        return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
-    run_dir = resume.run_dir
-    return TensorBoardLogger(
-        run_dir.parent.parent,
-        name=run_dir.parent.name,
-        version=run_dir.name,
-        default_hp_metric=False,
-        purge_step=resume.first_step,
-    )
+    """A new version under `runs_dir`, or the resumed run's own folder."""
+    if resume is not None and resume.run_dir is not None:
+        return resume.logger()
+    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
 
 
 def check_writable(folder: str) -> None:
