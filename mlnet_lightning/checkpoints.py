@@ -41,12 +41,14 @@ class RunCheckpoint(L.Callback):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at `path`, loaded as plain data (no code runs), or a CheckpointError saying why not."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch reports a truncated zip, an empty file or a stray pickle in many ways
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).strip().split(". ")[0] or type(error).__name__  # the first sentence is enough
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint ({reason})") from None
     if not (isinstance(checkpoint, dict) and RUN_KEY in checkpoint and "state_dict" in checkpoint):
         raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model class recorded in it)")

@@ -72,9 +72,8 @@ def feature_names(num_features: int) -> list[str]:
 
 def _check_width(path: Path, number: int, row: list[str], expected: list[str]) -> None:
     if len(row) != len(expected):
-        raise PointsError(
-            f"{path} line {number}: {len(row)} columns, but the model takes {len(expected)} ({','.join(expected)})"
-        )
+        columns = f"{len(row)} column{'s' * (len(row) != 1)}"
+        raise PointsError(f"{path} line {number}: {columns}, expected {len(expected)}: {','.join(expected)}")
 
 
 def _is_number(cell: str) -> bool:
