@@ -104,6 +104,7 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
 def train_one(name: str, model_class: type[L.LightningModule], config: Namespace, parser) -> dict[str, Any]:
     """Fit one network; returns its summary, or raises RunInterrupted after Ctrl-C."""
     data = BlobData(epochs=int(config.epochs), **config.data)
+    torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
@@ -143,7 +144,7 @@ def train_one(name: str, model_class: type[L.LightningModule], config: Namespace
         kept = latest.best_model_path  # with no monitor, the "best" is the newest
         raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
     if stop.requested:
-        raise RunInterrupted(summary.summary)
+        raise RunInterrupted(summary.summary, latest.best_model_path)
     return summary.summary
 
 
@@ -214,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except RunInterrupted as interrupted:
         print(format_table([*summaries, interrupted.summary], config.logits))
-        print("train.py: interrupted; continue with the same command and --ckpt_path last", file=sys.stderr)
+        if interrupted.checkpoint:
+            advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
+        else:
+            advice = "no checkpoint was written"
+        print(f"train.py: interrupted; {advice}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # before or between fits, where nothing needs saving
         print("train.py: interrupted", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -82,8 +82,12 @@ class ChunkLoader:
 class BatchLoader:
     """Plain loader of (x, y) mini-batches cut from device tensors, for any LightningModule."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, shuffle: bool, seed: int) -> None:
-        self.x, self.y, self.shuffle, self.seed, self.epoch = x, y, shuffle, seed, 0
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int | None, seed: int, shuffle_epoch: Callable[[], int] | None = None
+    ) -> None:
+        """`shuffle_epoch` gives the epoch being trained, whose shuffle to use (None keeps the order): read
+        when an epoch starts, so that a resumed fit shuffles each epoch as an uninterrupted one."""
+        self.x, self.y, self.seed, self.shuffle_epoch = x, y, seed, shuffle_epoch
         self.batch_size = batch_size or len(x)
 
     def __len__(self) -> int:
@@ -91,8 +95,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         chunk = EpochChunk(self.x, self.y, range(1), self.batch_size, self.seed)
-        order = chunk.order(self.epoch) if self.shuffle else None
-        self.epoch += 1
+        order = chunk.order(self.shuffle_epoch()) if self.shuffle_epoch else None
         yield from chunk.batches(order)
 
 
@@ -164,10 +167,10 @@ class ClassificationData(L.LightningDataModule):
     def train_dataloader(self) -> ChunkLoader | BatchLoader:
         if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
             return ChunkLoader(self)
-        return BatchLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.seed)
+        return BatchLoader(self.x_train, self.y_train, self.batch_size, self.seed, lambda: self.trainer.current_epoch)
 
     def val_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.x_val, self.y_val, None, shuffle=False, seed=self.seed)
+        return BatchLoader(self.x_val, self.y_val, None, self.seed)
 
 
 class BlobData(ClassificationData):

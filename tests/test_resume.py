@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from mlnet_lightning.cli import main
+from mlnet_lightning.inference import evaluate_main
 from tests.conftest import ONE_THREAD_ENV, ROOT, train
 from tests.test_tutorial import read_scalars
 
@@ -123,3 +124,49 @@ def test_a_diverging_run_stops_at_its_first_nan_and_keeps_the_last_good_checkpoi
     assert checkpoint["history"]["epoch"] == 399 and math.isfinite(checkpoint["history"]["train/loss"])
     assert all(tensor.isfinite().all() for tensor in checkpoint["state_dict"].values())
     assert not list(tmp_path.rglob("summary.json"))
+
+
+PLAIN_NET = """
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+
+class PlainNet(L.LightningModule):
+    def __init__(self, lr: float = 0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(2, 4)
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def training_step(self, batch):
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch):
+        self.log("val/acc", (self(batch[0]).argmax(-1) == batch[1]).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+"""
+
+
+def test_a_plain_lightning_module_resumes_exactly_too(tmp_path, monkeypatch, capsys):
+    """Its initial weights come from --seed and its shuffles from the Trainer's epoch, not from a counter."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain_net.py").write_text(PLAIN_NET)
+    options = ("--model", "plain_net.PlainNet", "--data.batch_size", "250")
+    uninterrupted = train(tmp_path / "whole", *options, "--epochs", "20")["plainnet"]
+    train(tmp_path / "parts", *options, "--epochs", "10")
+    resumed = train(tmp_path / "parts", *options, "--epochs", "20", "--ckpt_path", "last")["plainnet"]
+    assert resumed["epochs"] == 20 and without_time(resumed) == without_time(uninterrupted)
+    run_dir = tmp_path / "parts" / "plainnet" / "version_0"
+    assert read_scalars(run_dir) == read_scalars(tmp_path / "whole" / "plainnet" / "version_0")
+    # evaluate.py imports the network from the working directory too, and judges its outputs to be logits
+    capsys.readouterr()
+    assert evaluate_main(["--ckpt", str(run_dir / "checkpoints" / "last.ckpt")]) == 0
+    accuracy = capsys.readouterr().out.split("accuracy")[1].split()[0]
+    assert float(accuracy) == pytest.approx(resumed["val_acc"], abs=1e-4)
