@@ -59,11 +59,13 @@ class EpochProgressBar(ProgressBar):
 
 
 class RunInterrupted(Exception):
-    """The user stopped the run with Ctrl-C; `summary` holds its numbers so far."""
+    """The user stopped the run with Ctrl-C; `summary` holds its numbers so far, `checkpoint` its newest
+    checkpoint ("" when none was written)."""
 
-    def __init__(self, summary: dict[str, Any] | None = None) -> None:
+    def __init__(self, summary: dict[str, Any] | None = None, checkpoint: str = "") -> None:
         super().__init__("interrupted")
         self.summary = summary or {}
+        self.checkpoint = checkpoint
 
 
 class StopOnInterrupt(L.Callback):
@@ -106,16 +108,27 @@ class StopOnInterrupt(L.Callback):
 
 class RunSummary(L.Callback):
     """Times the fit and writes `summary.json` (first and final numbers) into the run's folder, only
-    when the run has ended on its own: an interrupted or failed run keeps its numbers in `summary`."""
+    when the run has ended on its own: an interrupted or failed run keeps its numbers in `summary`.
+    The time is kept in checkpoints, so that a resumed run reports the fit's time in all its sessions."""
 
     def __init__(self, model_name: str, stop: StopOnInterrupt | None = None) -> None:
         self.model_name = model_name
         self.stop = stop
         self.summary: dict[str, Any] = {}
         self._start = 0.0
+        self._earlier_seconds = 0.0  # fit time of the sessions before a resume
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        return self._earlier_seconds + time.perf_counter() - self._start
+
+    def state_dict(self) -> dict[str, float]:
+        return {"fit_seconds": self.fit_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._earlier_seconds = state_dict["fit_seconds"]
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.summary = self.collect(trainer, pl_module)
@@ -140,6 +153,6 @@ class RunSummary(L.Callback):
             "final_loss": history.get("train/loss"),
             "train_acc": history.get("train/acc"),
             "val_acc": history.get("val/acc"),
-            "fit_seconds": round(time.perf_counter() - self._start, 3),
+            "fit_seconds": round(self.fit_seconds(), 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
         }

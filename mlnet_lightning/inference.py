@@ -127,6 +127,14 @@ def predict(model: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
     return probabilities.argmax(-1), probabilities
 
 
+def load_from_working_directory(checkpoint: str) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """`load_run`, where a network of one's own (`train.py --model my_file.MyNet`) imports from the
+    working directory, as it does for train.py."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    return load_run(checkpoint)
+
+
 def evaluate_main(argv: list[str] | None = None) -> int:
     """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV."""
     parser = ArgumentParser(prog="evaluate.py", description=evaluate_main.__doc__, exit_on_error=False)
@@ -139,7 +147,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
-        model, data = load_run(args.ckpt)
+        model, data = load_from_working_directory(args.ckpt)
         if args.data is None:
             x, y, source = data.x_val, data.y_val, "the validation split"
         else:
@@ -164,7 +172,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=str, required=True, help="the CSV to write: x1,x2,class,p0,p1,...")
     try:
         args = parser.parse_args(argv)
-        model, data = load_run(args.ckpt)
+        model, data = load_from_working_directory(args.ckpt)
         points = read_points(args.input, data.num_features)
         classes, probabilities = predict(model, points.x)
         write_predictions(args.output, points, classes, probabilities)
