@@ -57,7 +57,12 @@ def uninterrupted(one_thread, tmp_path_factory) -> tuple[dict, dict]:
     """Summary and TensorBoard curves of RUN trained in one go."""
     root = tmp_path_factory.mktemp("uninterrupted")
     summary = train(root, *RUN)["linear"]
-    return summary, read_scalars(root / "linear" / "version_0")
+    scalars = read_scalars(root / "linear" / "version_0")
+    # One point per data epoch and no others (Lightning would add its own at its 50th step)
+    assert set(scalars) == {"train/loss", "train/acc", "val/loss", "val/acc"}
+    assert [step for step, _ in scalars["train/loss"]] == list(range(LAST_EPOCH + 1))
+    assert [step for step, _ in scalars["val/acc"]] == list(range(9, LAST_EPOCH + 1, 10))
+    return summary, scalars
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_numbers_and_curves(tmp_path, uninterrupted):
