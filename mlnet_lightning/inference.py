@@ -41,7 +41,7 @@ def read_points(path: str | Path, num_features: int, num_classes: int | None = N
     if not path.exists():
         raise PointsError(f"{path} does not exist")
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: a spreadsheet's byte-order mark
             rows = enumerate(csv.reader(file), start=1)
             lines = [(number, row) for number, row in rows if any(cell.strip() for cell in row)]
     except UnicodeDecodeError:
@@ -190,6 +190,6 @@ def write_predictions(path: str, points: Points, classes: Tensor, probabilities:
         lines.append([*row, str(label), *(f"{p:.8g}" for p in row_probabilities)])
     try:
         with open(path, "w", newline="") as file:
-            csv.writer(file).writerows(lines)
+            csv.writer(file, lineterminator="\n").writerows(lines)
     except OSError as error:
         raise PointsError(f"cannot write predictions to {path}: {error.strerror or error}") from None
