@@ -7,8 +7,10 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -19,14 +21,17 @@ import torch
 from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.lr_scheduler import LRScheduler
 
-from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
+from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
+from mlnet_lightning.checkpoints import Resume, RunCheckpoint, plan_resume
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
+from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 
@@ -73,6 +78,13 @@ def build_parser() -> LightningArgumentParser:
         help="learning rate of the default SGD and of hand-written updates (--optimizer takes --optimizer.lr)",
     )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="continue a run from a checkpoint: its path, or last for the newest run of each network "
+        "(checkpoints are written every --data.epochs_per_step epochs)",
+    )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
     )
@@ -128,7 +140,7 @@ def import_file(path: Path):
 
 def build_data(config: Namespace) -> ClassificationData:
     """The data set chosen by --data, trained for --epochs."""
-    init_args = {**config.data.init_args, "epochs": config.epochs}
+    init_args = {**config.data.init_args, "epochs": int(config.epochs)}  # plain int: checkpoints load weights_only
     return instantiate_class((), {"class_path": config.data.class_path, "init_args": init_args})
 
 
@@ -136,7 +148,7 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     """Pass the options the model's constructor takes: learning rate, seed, logits, data shape;
     the chosen optimizer and schedule, and the --mlp options to an MLP, must be taken."""
     offered = {
-        "lr": config.lr,
+        "lr": float(config.lr),  # a plain float (not PositiveFloat): checkpoints then load with weights_only
         "seed": config.seed,
         "logits": config.logits,
         "num_features": data.num_features,
@@ -165,32 +177,67 @@ def train_one(
     """Fit one network, logging under `run_name` (default: the network's name), on the configured
     data unless given; returns its summary."""
     data = data or build_data(config)
+    torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
-    summary = RunSummary(name)
-    callbacks = [summary, *(trainer_options.pop("callbacks") or [])]
+    runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
+    resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
+    if config.ckpt_path and resume is None:
+        print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
+    stop = StopOnInterrupt()
+    summary = RunSummary(name, stop)
+    callbacks = [summary, stop, RunCheckpoint(), *(trainer_options.pop("callbacks") or [])]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar())
+    # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
+    # because Lightning's save_last only rewrites it at steps where val/acc has improved.
+    latest = ModelCheckpoint(filename="last", enable_version_counter=False)  # no monitor: keeps the newest
     if trainer_options["enable_checkpointing"] is not False:
-        callbacks.append(ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="{epoch}-best"))
+        callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
     run_config = config.clone()
     run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
     run_options = {"epochs": config.epochs, "data": {"name": type(data).__name__, **data.hparams}}
     callbacks.append(Pictures(name, run_options, draw=config.pictures))
-    logger = TensorBoardLogger(trainer_options["default_root_dir"], name=run_name or name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
             **trainer_options,
             max_epochs=data.lightning_epochs if fast else data.epochs,
-            logger=logger,
+            logger=run_logger(runs_dir, resume),
             callbacks=callbacks,
         )
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
-    trainer.fit(model, datamodule=data)
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
+        raise UsageError(f"--devices {config.devices}: this machine has only {os.cpu_count()} CPU cores")
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+    except RunInterrupted:
+        pass  # a second Ctrl-C: the summary so far is below
+    except TrainingDiverged as error:
+        kept = latest.best_model_path  # with no monitor, the "best" is the newest
+        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
+    if stop.requested:
+        raise RunInterrupted(summary.summary, latest.best_model_path)
     return summary.summary
+
+
+def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
+    """A new version under `runs_dir`, or the resumed run's own folder."""
+    if resume is not None and resume.run_dir is not None:
+        return resume.logger()
+    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training, not after it, when the logs cannot be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
 
 
 SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
@@ -229,6 +276,9 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
     if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
         raise UsageError("--mlp options apply to --model mlp only")
+    if config.ckpt_path not in (None, "last") and len(models) > 1:
+        raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
+    check_writable(config.default_root_dir)
     return config, models
 
 
@@ -256,15 +306,38 @@ def prepare() -> None:
     sys.path.insert(0, str(Path.cwd()))
 
 
+def print_error(program: str, error: BaseException | str) -> None:
+    """The one-line error of the command-line tools: `program: error: what is wrong`."""
+    message = one_line(error) if isinstance(error, BaseException) else " ".join(error.split())
+    print(f"{program}: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """train.py: 0 when done, 2 for a usage error, 1 when training diverged, 130 after Ctrl-C."""
     prepare()
     parser = build_parser()
+    summaries: list[dict[str, Any]] = []
     try:
         config, models = parse(parser, argv)
-        summaries = [train_one(name, model_class, config, parser) for name, model_class in models]
+        for name, model_class in models:
+            summaries.append(train_one(name, model_class, config, parser))
     except (ArgumentError, UsageError, ValueError) as error:
-        print(f"train.py: error: {one_line(error)}", file=sys.stderr)
+        print_error("train.py", error)
         return 2
+    except TrainingDiverged as error:
+        print_error("train.py", f"training diverged: {error}")
+        return 1
+    except RunInterrupted as interrupted:
+        print(format_table([*summaries, interrupted.summary], config.logits))
+        if interrupted.checkpoint:
+            advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
+        else:
+            advice = "no checkpoint was written"
+        print(f"train.py: interrupted; {advice}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before or between fits, where nothing needs saving
+        print("train.py: interrupted", file=sys.stderr)
+        return 130
     print(format_table(summaries, config.logits))
     return 0
 
@@ -275,3 +348,4 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own checkpoints

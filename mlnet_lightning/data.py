@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -82,8 +82,12 @@ class ChunkLoader:
 class BatchLoader:
     """Plain loader of (x, y) mini-batches cut from device tensors, for any LightningModule."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, shuffle: bool, seed: int) -> None:
-        self.x, self.y, self.shuffle, self.seed, self.epoch = x, y, shuffle, seed, 0
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int | None, seed: int, shuffle_epoch: Callable[[], int] | None = None
+    ) -> None:
+        """`shuffle_epoch` gives the epoch being trained, whose shuffle to use (None keeps the order): read
+        when an epoch starts, so that a resumed fit shuffles each epoch as an uninterrupted one."""
+        self.x, self.y, self.seed, self.shuffle_epoch = x, y, seed, shuffle_epoch
         self.batch_size = batch_size or len(x)
 
     def __len__(self) -> int:
@@ -91,8 +95,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         chunk = EpochChunk(self.x, self.y, range(1), self.batch_size, self.seed)
-        order = chunk.order(self.epoch) if self.shuffle else None
-        self.epoch += 1
+        order = chunk.order(self.shuffle_epoch()) if self.shuffle_epoch else None
         yield from chunk.batches(order)
 
 
@@ -113,11 +116,15 @@ class ClassificationData(L.LightningDataModule):
             epochs: passes over the training data (the command line's --epochs sets it).
             val_every: validate every this many epochs, and after the last.
             epochs_per_step: epochs that a fast module trains inside one Lightning step; the
-                Trainer's epoch loop, checkpoints and progress bar advance at this pace. None picks
-                the largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
+                Trainer's epoch loop, checkpoints (last.ckpt and the best) and progress bar advance
+                at this pace, so an interrupted run loses at most this many epochs. None picks the
+                largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
             seed: seed of the data, the split and mini-batch shuffling.
         """
         super().__init__()
+        # Into checkpoints (not the loggers: the model logs its own seed), so that
+        # `BlobData.load_from_checkpoint` rebuilds the same split without the command.
+        self.save_hyperparameters(logger=False)
         for name, value in {"batch_size": batch_size, "epochs": epochs, "epochs_per_step": epochs_per_step}.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -168,10 +175,10 @@ class ClassificationData(L.LightningDataModule):
     def train_dataloader(self) -> ChunkLoader | BatchLoader:
         if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
             return ChunkLoader(self)
-        return BatchLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.seed)
+        return BatchLoader(self.x_train, self.y_train, self.batch_size, self.seed, lambda: self.trainer.current_epoch)
 
     def val_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.x_val, self.y_val, None, shuffle=False, seed=self.seed)
+        return BatchLoader(self.x_val, self.y_val, None, self.seed)
 
 
 class BlobData(ClassificationData):

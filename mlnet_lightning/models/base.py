@@ -18,6 +18,10 @@ from mlnet_lightning.data import EpochChunk
 from mlnet_lightning.models.epochs import EagerEpochs, ReplayedEpochs
 
 
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
 class TutorialModule(L.LightningModule):
     """Base of the networks: a subclass makes its parameters and writes `forward`.
 
@@ -160,6 +164,7 @@ class TutorialModule(L.LightningModule):
                 val_epochs.append(epoch)
                 val_results.append(self.evaluate(*chunk.val))
         losses, predictions, targets = runner.results()
+        self.check_finite(losses, chunk.epochs)
         # One comparison scores the whole chunk's curve (a torchmetrics call costs a tenth of an
         # epoch here); torchmetrics scores the chunk's last epoch, which callbacks see.
         accuracies = predictions.eq(targets).float().mean(-1)
@@ -173,9 +178,11 @@ class TutorialModule(L.LightningModule):
             self.log_points(val_epochs, {"val/loss": torch.stack(val_losses), "val/acc": val_accuracies})
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         self.train_acc(predictions[-1], targets[-1])
-        # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
+        # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
+        # the loggers: log_points wrote these, and Lightning would add points at its own step count.
         last_loss = losses[-1].clone()  # the replay buffers are rewritten by the next chunk
-        self.log_dict({"train/loss": last_loss, "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])})
+        metrics = {"train/loss": last_loss, "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])}
+        self.log_dict(metrics, logger=False)
 
     def step_lr_scheduler(self, scheduler: LRScheduler | ReduceLROnPlateau, loss: Tensor) -> None:
         """Schedules count data epochs, as in a plain loop: Lightning, stepping once per Lightning
@@ -184,6 +191,17 @@ class TutorialModule(L.LightningModule):
             scheduler.step(loss)  # it watches the training loss
         else:
             scheduler.step()
+
+    def check_finite(self, losses: Tensor, epochs: range) -> None:
+        """Stop at the chunk's first NaN or infinite loss, before it is logged or checkpointed; one
+        device sync per chunk, none per epoch."""
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            first = int(finite.logical_not().nonzero()[0])
+            raise TrainingDiverged(
+                f"the loss became {losses[first].item()} at epoch {epochs[first]} "
+                f"(the learning rate {self.hparams.lr} may be too large)"
+            )
 
     def count_steps(self, steps: int) -> None:
         """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and
