@@ -231,10 +231,13 @@ def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
 
 
 def check_writable(folder: str) -> None:
-    """Fail before training, not after it, when the logs cannot be written."""
+    """Fail before training, not after it, when the logs cannot be written (creating nothing: a
+    command that fails later on a bad option leaves no folder behind)."""
+    existing = next(path for path in (Path(folder).absolute(), *Path(folder).absolute().parents) if path.exists())
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
