@@ -70,7 +70,8 @@ class TutorialModule(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad()
 
-    def backward(self, loss: Tensor) -> None:
+    def backpropagate(self, loss: Tensor) -> None:
+        # Not named `backward`: that is LightningModule's hook, which manual_backward itself calls.
         if self.direct_steps:
             loss.backward()
         else:
@@ -92,7 +93,7 @@ class TutorialModule(L.LightningModule):
         for x, y in chunk.batches(chunk.order(epoch)):
             output = self(x)
             loss = self.loss(output, y)
-            self.backward(loss)
+            self.backpropagate(loss)
             self.update()
             losses.append(loss.detach())
             predictions.append(output.detach().argmax(-1))
