@@ -82,6 +82,7 @@ class RunSummary(L.Callback):
             "fit_seconds": round(time.perf_counter() - self._start, 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
         }
-        if trainer.is_global_zero and trainer.log_dir:
-            path = Path(trainer.log_dir) / "summary.json"
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
+        if trainer.is_global_zero and log_dir:
+            path = Path(log_dir) / "summary.json"
             path.write_text(json.dumps(self.summary, indent=2) + "\n")

@@ -19,6 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
 from mlnet_lightning.data import BlobData, ClassificationData
@@ -120,6 +121,11 @@ def train_one(
         )
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
+    if trainer.world_size > 1 and not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(
+            f"{name} keeps its weights in plain tensors, which DistributedDataParallel cannot see: "
+            "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
+        )
     trainer.fit(model, datamodule=data)
     return summary.summary
 
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ArgumentError, UsageError, ValueError) as error:
         print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(format_table(summaries, config.logits))
+    rank_zero_only(print)(format_table(summaries, config.logits))  # once, not once per DDP process
     return 0
 
 

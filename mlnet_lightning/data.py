@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from sklearn.datasets import make_blobs
 from sklearn.model_selection import train_test_split
 from torch import Tensor
@@ -132,6 +133,7 @@ class ClassificationData(L.LightningDataModule):
             fitting = (k for k in (1000, 100, 10) if k * len(self.x_train) <= 2_000_000)
             epochs_per_step = next(fitting, 1)
         self.epochs_per_step = epochs_per_step
+        self.process_share: tuple[int, int] | None = None  # (rank, processes) once sharded for DDP
 
     def make(self):
         """Return (features, labels) as numpy arrays."""
@@ -151,11 +153,31 @@ class ClassificationData(L.LightningDataModule):
         return int(torch.cat([self.y_train, self.y_val]).max()) + 1
 
     def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and self.process_share is None:
+            self.keep_process_share(self.trainer.global_rank, self.trainer.world_size)
         # Hold the data where the Trainer runs, so no step copies or collates it.
         device = self.trainer.strategy.root_device
         self.x_train, self.y_train, self.x_val, self.y_val = (
             t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)
         )
+
+    def keep_process_share(self, rank: int, world_size: int) -> None:
+        """Keep this process's slice of the data, for data-parallel training over `world_size` processes.
+
+        Training slices are equal, so every process takes the same number of steps and DDP's mean of
+        the per-process gradients is the gradient of the whole (mini-)batch; the few points left over
+        when the training set does not split evenly are left out. Validation slices may differ by one:
+        the metrics sum over processes.
+        """
+        kept = len(self.x_train) - len(self.x_train) % world_size
+        if kept < len(self.x_train):
+            rank_zero_warn(
+                f"{len(self.x_train)} training points do not split evenly over {world_size} processes: "
+                f"the last {len(self.x_train) - kept} are left out"
+            )
+        self.x_train, self.y_train = (t[:kept].tensor_split(world_size)[rank] for t in (self.x_train, self.y_train))
+        self.x_val, self.y_val = (t.tensor_split(world_size)[rank] for t in (self.x_val, self.y_val))
+        self.process_share = (rank, world_size)
 
     def train_dataloader(self) -> ChunkLoader | BatchLoader:
         if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
