@@ -81,6 +81,7 @@ class RunSummary(L.Callback):
             "val_acc": history.get("val/acc"),
             "fit_seconds": round(time.perf_counter() - self._start, 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
+            **getattr(pl_module, "extra_summary", {}),  # stacked copies: each copy's numbers, their spread
         }
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
         if trainer.is_global_zero and log_dir:

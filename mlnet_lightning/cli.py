@@ -23,8 +23,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
 from mlnet_lightning.data import BlobData, ClassificationData
-from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
+from mlnet_lightning.seeds import StackedCopies, format_copies_table
 
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
 OWNED_TRAINER_OPTIONS = {"max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch", "logger"}
@@ -51,6 +52,12 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
+    )
+    parser.add_argument(
+        "--seeds", type=PositiveInt, default=1, help="train copies with seeds --seed, --seed+1, ... at once (stacked)"
+    )
+    parser.add_argument(
+        "--lrs", type=str | None, default=None, help="train a copy at each of these rates at once, e.g. 0.05,0.1,0.2"
     )
     parser.add_class_arguments(ClassificationData, "data", skip={"epochs"})
     parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
@@ -85,9 +92,35 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
         "num_features": data.num_features,
         "num_classes": data.num_classes,
     }
+    if stacks_copies(config):
+        return build_copies(model_class, config, offered)
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+
+
+def stacks_copies(config: Namespace) -> bool:
+    return config.seeds > 1 or config.lrs is not None
+
+
+def build_copies(model_class: type[L.LightningModule], config: Namespace, offered: dict[str, Any]) -> StackedCopies:
+    """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device."""
+    if not issubclass(model_class, TutorialModule):
+        raise UsageError(f"--seeds and --lrs stack subclasses of TutorialModule; {model_class.__name__} is not one")
+    lrs = [config.lr] if config.lrs is None else learning_rates(config.lrs)
+    options = {k: v for k, v in offered.items() if k not in ("lr", "seed")}
+    return StackedCopies(model_class, range(config.seed, config.seed + config.seeds), lrs, **options)
+
+
+def learning_rates(text: str) -> list[float]:
+    """--lrs 0.05,0.1,0.2 as a list of distinct positive rates."""
+    try:
+        rates = [float(rate) for rate in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(rate > 0 for rate in rates) or len(set(rates)) < len(rates):
+        raise UsageError(f"--lrs takes distinct positive learning rates separated by commas, got {text!r}")
+    return rates
 
 
 def train_one(
@@ -121,6 +154,8 @@ def train_one(
         )
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
+    if trainer.world_size > 1 and isinstance(model, StackedCopies):
+        raise UsageError("--seeds and --lrs train their copies on one device: leave out --devices and --strategy")
     if trainer.world_size > 1 and not any(p.requires_grad for p in model.parameters()):
         raise UsageError(
             f"{name} keeps its weights in plain tensors, which DistributedDataParallel cannot see: "
@@ -164,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ArgumentError, UsageError, ValueError) as error:
         print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    rank_zero_only(print)(format_table(summaries, config.logits))  # once, not once per DDP process
+    table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
+    rank_zero_only(print)(table)  # once, not once per DDP process
     return 0
 
 
@@ -174,3 +210,4 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*will run with no optimizer.*")  # hand-written updates, on purpose
