@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
 from mlnet_lightning.data import BlobData, ClassificationData
 from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
+from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
 
@@ -58,6 +59,12 @@ def build_parser() -> LightningArgumentParser:
     )
     parser.add_argument(
         "--lrs", type=str | None, default=None, help="train a copy at each of these rates at once, e.g. 0.05,0.1,0.2"
+    )
+    parser.add_argument(
+        "--pictures",
+        type=bool,
+        default=True,
+        help="draw the data, decision boundaries, confusion matrix and curves (TensorBoard and PNG files)",
     )
     parser.add_class_arguments(ClassificationData, "data", skip={"epochs"})
     parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
@@ -144,6 +151,7 @@ def train_one(
     run_config = config.clone()
     run_config.model = name if name in TUTORIAL_MODELS else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=config.pictures))
     logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
