@@ -3,25 +3,23 @@
 import json
 
 import pytest
+import torch
 
 from mlnet_lightning.cli import main
-from mlnet_lightning.data import BlobData
+from mlnet_lightning.data import BlobData, process_share
 from tests.conftest import run_script, train
 
 
 def test_each_process_keeps_an_equal_slice_of_the_training_set():
-    shares = []
-    for rank in range(2):
-        data = BlobData()
-        data.keep_process_share(rank, 2)
-        shares.append(data)
-    assert [len(d.x_train) for d in shares] == [375, 375] and [len(d.x_val) for d in shares] == [125, 125]
-    whole = BlobData()
-    assert (shares[0].x_train == whole.x_train[:375]).all() and (shares[1].x_train == whole.x_train[375:]).all()
-    with pytest.warns(UserWarning, match="the last 2 are left out"):
-        data = BlobData()
-        data.keep_process_share(3, 4)
-    assert (len(data.x_train), len(data.x_val)) == (187, 62)
+    data = BlobData()
+    shares = [process_share(data.x_train, data.y_train, rank, 2, equal=True) for rank in range(2)]
+    assert [len(x) for x, _ in shares] == [375, 375]
+    assert torch.equal(torch.cat([x for x, _ in shares]), data.x_train)
+    with pytest.warns(UserWarning, match="the last 2 left out"):
+        x, y = process_share(data.x_train, data.y_train, 3, 4, equal=True)
+    assert len(x) == len(y) == 187
+    assert [len(process_share(data.x_val, data.y_val, rank, 4)[0]) for rank in range(4)] == [63, 63, 62, 62]
+    assert process_share(data.x_val, data.y_val, 0, 1)[0] is data.x_val  # one process: all of it
 
 
 def test_two_ddp_processes_end_where_one_process_does(tmp_path):
