@@ -151,7 +151,9 @@ def train_one(
     run_config = config.clone()
     run_config.model = name if name in TUTORIAL_MODELS else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=config.pictures))
+    # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
+    draw = config.pictures and not stacks_copies(config)
+    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=draw))
     logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
     try:
         trainer = L.Trainer(
