@@ -33,6 +33,7 @@ def test_two_ddp_processes_end_where_one_process_does(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("sequential") == 1  # the table is printed by rank 0 only
     assert [p.name for p in (two_root / "sequential").iterdir()] == ["version_0"]
+    assert (two_root / "sequential" / "version_0" / "decision_boundary.png").exists()  # drawn by rank 0
     two = json.loads((two_root / "sequential" / "version_0" / "summary.json").read_text())
     assert two["epochs"] == one["epochs"] == 1000
     for key in ("initial_loss", "final_loss", "train_acc", "val_acc"):
