@@ -254,6 +254,12 @@ class StackedCopies(L.LightningModule):
         self.history.update({name: values.mean().item() for name, values in self.finals.items()})
         self.history["epoch"] = max(self.history.get("epoch", 0), epochs[-1])
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"], checkpoint["finals"] = self.history, self.finals
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history, self.finals = checkpoint.get("history", {}), checkpoint.get("finals", {})
+
     @torch.no_grad()
     def _check_against(self, copies: Sequence[TutorialModule]) -> None:
         """Stacking read each copy's layers from its attributes: check that the stack computes what
