@@ -1,8 +1,11 @@
-"""Callbacks that speak in data epochs: a progress bar and the run summary."""
+"""Callbacks that speak in data epochs: a progress bar, the run summary, and a clean Ctrl-C."""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,35 +58,103 @@ class EpochProgressBar(ProgressBar):
             self.bar = None
 
 
-class RunSummary(L.Callback):
-    """Times the fit and writes `summary.json` (first and final numbers) into the run's folder."""
+class RunInterrupted(Exception):
+    """The user stopped the run with Ctrl-C; `summary` holds its numbers so far, `checkpoint` its newest
+    checkpoint ("" when none was written)."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, summary: dict[str, Any] | None = None, checkpoint: str = "") -> None:
+        super().__init__("interrupted")
+        self.summary = summary or {}
+        self.checkpoint = checkpoint
+
+
+class StopOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) ends the run cleanly: the current Lightning step finishes and is checkpointed,
+    so nothing trained is lost and the run resumes exactly; fit then returns with `requested` set.
+    A second Ctrl-C stops at once by raising RunInterrupted, leaving the previous step's checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._trainer: L.Trainer | None = None
+        self._previous_handler: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may take signals
+            self._trainer = trainer
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise RunInterrupted
+        self.requested = True
+        self._trainer.should_stop = True
+        print(
+            "\nCtrl-C: stopping after the current step and its checkpoint; Ctrl-C again stops at once.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+
+class RunSummary(L.Callback):
+    """Times the fit and writes `summary.json` (first and final numbers) into the run's folder, only
+    when the run has ended on its own: an interrupted or failed run keeps its numbers in `summary`.
+    The time is kept in checkpoints, so that a resumed run reports the fit's time in all its sessions."""
+
+    def __init__(self, model_name: str, stop: StopOnInterrupt | None = None) -> None:
         self.model_name = model_name
+        self.stop = stop
         self.summary: dict[str, Any] = {}
         self._start = 0.0
+        self._earlier_seconds = 0.0  # fit time of the sessions before a resume
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    def fit_seconds(self) -> float:
+        return self._earlier_seconds + time.perf_counter() - self._start
+
+    def state_dict(self) -> dict[str, float]:
+        return {"fit_seconds": self.fit_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._earlier_seconds = state_dict["fit_seconds"]
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.summary = self.collect(trainer, pl_module)
+        interrupted = self.stop is not None and self.stop.requested
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
+        if trainer.is_global_zero and log_dir and not interrupted:
+            path = Path(log_dir) / "summary.json"
+            path.write_text(json.dumps(self.summary, indent=2) + "\n")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.summary = self.collect(trainer, pl_module)
+
+    def collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         # A plain LightningModule has no history: its last logged values stand in.
         history = getattr(pl_module, "history", None) or {
             name: float(value) for name, value in trainer.callback_metrics.items()
         }
         device = trainer.strategy.root_device
-        self.summary = {
+        return {
             "model": self.model_name,
             "epochs": epochs_done(trainer, pl_module),
             "initial_loss": history.get("initial_loss"),
             "final_loss": history.get("train/loss"),
             "train_acc": history.get("train/acc"),
             "val_acc": history.get("val/acc"),
-            "fit_seconds": round(time.perf_counter() - self._start, 3),
+            "fit_seconds": round(self.fit_seconds(), 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
             **getattr(pl_module, "extra_summary", {}),  # stacked copies: each copy's numbers, their spread
         }
-        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
-        if trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "summary.json"
-            path.write_text(json.dumps(self.summary, indent=2) + "\n")

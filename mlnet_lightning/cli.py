@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import json
 import logging
+import os
+import re
 import sys
+import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -16,14 +21,18 @@ import torch
 from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch.optim.lr_scheduler import LRScheduler
 
-from mlnet_lightning.callbacks import EpochProgressBar, RunSummary
-from mlnet_lightning.data import BlobData, ClassificationData
-from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
+from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
+from mlnet_lightning.checkpoints import Resume, RunCheckpoint, plan_resume
+from mlnet_lightning.data import ClassificationData
+from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
+from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
@@ -31,8 +40,23 @@ from mlnet_lightning.seeds import StackedCopies, format_copies_table
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
 OWNED_TRAINER_OPTIONS = {"max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch", "logger"}
 MODEL_HELP = (
-    f"network to train: {', '.join(TUTORIAL_MODELS)}, all (each in turn, as the tutorial does), "
-    "or a LightningModule's import path such as my_file.MyNet"
+    f"network to train: {', '.join(MODELS)}, all (the tutorial's five in turn, as it does), "
+    "or a LightningModule of your own: my_file.MyNet (importable from here) or path/to/my_file.py:MyNet"
+)
+# Examples for an unknown class name given to a class option.
+CLASS_EXAMPLES = {
+    "data": "BlobData, MoonsData, CirclesData",
+    "optimizer": "SGD, Adam, AdamW, RMSprop",
+    "lr_scheduler": "StepLR, ExponentialLR, CosineAnnealingLR",
+}
+# Lines of jsonargparse's messages about the other types an option accepts, not about the mistake.
+JSONARGPARSE_NOISE = (
+    "Expected a path but",
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Expected a <class 'NoneType'>",
+    "Given value",
 )
 
 
@@ -49,8 +73,20 @@ def build_parser() -> LightningArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
     parser.add_argument("--epochs", type=PositiveInt, default=10_000, help="passes over the training data")
-    parser.add_argument("--lr", type=PositiveFloat, default=0.2, help="learning rate")
+    parser.add_argument(
+        "--lr",
+        type=PositiveFloat,
+        default=0.2,
+        help="learning rate of the default SGD and of hand-written updates (--optimizer takes --optimizer.lr)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed before the parameters are made")
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="continue a run from a checkpoint: its path, or last for the newest run of each network "
+        "(checkpoints are written every --data.epochs_per_step epochs)",
+    )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
     )
@@ -66,7 +102,14 @@ def build_parser() -> LightningArgumentParser:
         default=True,
         help="draw the data, decision boundaries, confusion matrix and curves (TensorBoard and PNG files)",
     )
-    parser.add_class_arguments(ClassificationData, "data", skip={"epochs"})
+    parser.add_subclass_arguments(
+        ClassificationData, "data", skip={"epochs"}, default={"class_path": "mlnet_lightning.data.BlobData"}
+    )
+    # The network options of --model mlp; the rest of its constructor comes from the options above.
+    tutorial_options = set(inspect.signature(TutorialModule).parameters)
+    parser.add_class_arguments(MLP, "mlp", skip=tutorial_options, instantiate=False)
+    parser.add_optimizer_args()
+    parser.add_lr_scheduler_args((LRScheduler,))
     parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
     parser.set_defaults(
         {"default_root_dir": "lightning_logs", "num_sanity_val_steps": 0, "enable_model_summary": False}
@@ -75,35 +118,62 @@ def build_parser() -> LightningArgumentParser:
 
 
 def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
-    """A tutorial network's name, or `module.Class` importable from the working directory."""
-    if name in TUTORIAL_MODELS:
-        return name, TUTORIAL_MODELS[name]
-    module_name, _, class_name = name.rpartition(".")
-    if not module_name:
-        raise UsageError(f"unknown model {name!r}: choose {', '.join(TUTORIAL_MODELS)}, all, or module.Class")
+    """A network's name, `module.Class` importable from the working directory, or `path/to/file.py:Class`."""
+    if name in MODELS:
+        return name, MODELS[name]
+    in_file = ":" in name
+    location, _, class_name = name.rpartition(":" if in_file else ".")
+    if not location or (in_file and not location.endswith(".py")):
+        raise UsageError(
+            f"unknown model {name!r}: choose {', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
+        )
     try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
+        module = import_file(Path(location)) if in_file else importlib.import_module(location)
+        model_class = getattr(module, class_name)
+    except (ImportError, AttributeError, FileNotFoundError) as error:
         raise UsageError(f"cannot import model {name!r}: {error}") from None
     if not (inspect.isclass(model_class) and issubclass(model_class, L.LightningModule)):
         raise UsageError(f"model {name!r} is not a LightningModule")
     return class_name.lower(), model_class
 
 
+def import_file(path: Path):
+    """Import a Python file as the module named after it, as `import` would from its folder."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # as `import` does: pickle and typing look up a class's module there
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_data(config: Namespace) -> ClassificationData:
+    """The data set chosen by --data, trained for --epochs."""
+    init_args = {**config.data.init_args, "epochs": int(config.epochs)}  # plain int: checkpoints load weights_only
+    return instantiate_class((), {"class_path": config.data.class_path, "init_args": init_args})
+
+
 def build_model(model_class: type[L.LightningModule], config: Namespace, data: ClassificationData):
-    """Pass the options the model's constructor takes: learning rate, seed, logits, data shape."""
+    """Pass the options the model's constructor takes: learning rate, seed, logits, data shape;
+    the chosen optimizer and schedule, and the --mlp options to an MLP, must be taken."""
     offered = {
-        "lr": config.lr,
+        "lr": float(config.lr),  # a plain float (not PositiveFloat): checkpoints then load with weights_only
         "seed": config.seed,
         "logits": config.logits,
         "num_features": data.num_features,
         "num_classes": data.num_classes,
     }
+    chosen_classes = {key: config[key].as_dict() for key in ("optimizer", "lr_scheduler") if config[key]}
+    chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
+    if issubclass(model_class, MLP):
+        chosen.update(config.mlp.as_dict())
     if stacks_copies(config):
-        return build_copies(model_class, config, offered)
+        return build_copies(model_class, config, {**offered, **chosen})
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+    refused = [key for key in chosen if not (takes_all or key in accepted)]
+    if refused:
+        raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
+    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
 
 
 def stacks_copies(config: Namespace) -> bool:
@@ -135,35 +205,47 @@ def train_one(
     model_class: type[L.LightningModule],
     config: Namespace,
     parser: LightningArgumentParser,
+    run_name: str | None = None,
     data: ClassificationData | None = None,
 ) -> dict[str, Any]:
-    """Fit one network (on the configured data unless given); returns its summary."""
-    data = data or BlobData(epochs=config.epochs, **config.data)
+    """Fit one network, logging under `run_name` (default: the network's name), on the configured
+    data unless given; returns its summary."""
+    data = data or build_data(config)
+    torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
     trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
-    summary = RunSummary(name)
-    callbacks = [summary, *(trainer_options.pop("callbacks") or [])]
+    runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
+    resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
+    if config.ckpt_path and resume is None:
+        print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
+    stop = StopOnInterrupt()
+    summary = RunSummary(name, stop)
+    callbacks = [summary, stop, RunCheckpoint(), *(trainer_options.pop("callbacks") or [])]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar())
+    # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
+    # because Lightning's save_last only rewrites it at steps where val/acc has improved.
+    latest = ModelCheckpoint(filename="last", enable_version_counter=False)  # no monitor: keeps the newest
     if trainer_options["enable_checkpointing"] is not False:
-        callbacks.append(ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="{epoch}-best"))
+        callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
     run_config = config.clone()
-    run_config.model = name if name in TUTORIAL_MODELS else config.model
+    run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    run_options = {"epochs": config.epochs, "data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
-    draw = config.pictures and not stacks_copies(config)
-    callbacks.append(Pictures(name, {"epochs": config.epochs, "data": config.data.as_dict()}, draw=draw))
-    logger = TensorBoardLogger(trainer_options["default_root_dir"], name=name, default_hp_metric=False)
+    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
     try:
         trainer = L.Trainer(
             **trainer_options,
             max_epochs=data.lightning_epochs if fast else data.epochs,
-            logger=logger,
+            logger=run_logger(runs_dir, resume),
             callbacks=callbacks,
         )
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
+        raise UsageError(f"--devices {config.devices}: this machine has only {os.cpu_count()} CPU cores")
     if trainer.world_size > 1 and isinstance(model, StackedCopies):
         raise UsageError("--seeds and --lrs train their copies on one device: leave out --devices and --strategy")
     if trainer.world_size > 1 and not any(p.requires_grad for p in model.parameters()):
@@ -171,20 +253,52 @@ def train_one(
             f"{name} keeps its weights in plain tensors, which DistributedDataParallel cannot see: "
             "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
         )
-    trainer.fit(model, datamodule=data)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+    except RunInterrupted:
+        pass  # a second Ctrl-C: the summary so far is below
+    except TrainingDiverged as error:
+        kept = latest.best_model_path  # with no monitor, the "best" is the newest
+        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
+    if stop.requested:
+        raise RunInterrupted(summary.summary, latest.best_model_path)
     return summary.summary
 
 
-def format_table(summaries: list[dict[str, Any]], logits: bool) -> str:
-    """Our numbers, with the tutorial's beneath each network it has numbers for."""
-    columns = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
+def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
+    """A new version under `runs_dir`, or the resumed run's own folder."""
+    if resume is not None and resume.run_dir is not None:
+        return resume.logger()
+    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training, not after it, when the logs cannot be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
+
+
+SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
+
+
+def format_table(
+    summaries: list[dict[str, Any]],
+    logits: bool,
+    columns: tuple[str, ...] = SUMMARY_COLUMNS,
+    tutorial_rows: bool = True,
+) -> str:
+    """Our numbers, with the tutorial's beneath each network it has numbers for (unless tutorial_rows is False)."""
     rows = [columns]
     for summary in summaries:
         rows.append(tuple(_cell(summary.get(c), c) for c in columns))
         reference = TUTORIAL.get(summary["model"])
-        if reference is not None and summary["epochs"] == 10_000:
-            reference = {**reference, **(LOGITS_FIX if logits else {})}
-            rows.append(("  tutorial", *(_cell(reference.get(c), c) for c in columns[1:5]), "", ""))
+        if tutorial_rows and reference is not None and summary["epochs"] == 10_000:
+            reference = {**reference, **(LOGITS_FIX if logits else {}), columns[0]: "  tutorial"}
+            rows.append(tuple(_cell(reference.get(c), c) for c in columns))
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -195,20 +309,77 @@ def _cell(value: Any, column: str) -> str:
     return "" if value is None else str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
+    """The options, and the networks they name; raises ArgumentError or UsageError."""
+    config = parser.parse_args(argv)
+    names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
+    models = [resolve_model(name) for name in names]
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
+    if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
+        raise UsageError("--mlp options apply to --model mlp only")
+    if config.ckpt_path not in (None, "last") and len(models) > 1:
+        raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
+    check_writable(config.default_root_dir)
+    return config, models
+
+
+def one_line(error: Exception) -> str:
+    """An error as one line. jsonargparse's nested messages name the option, then the reasons that
+    are not about the types it also accepts (None, a config file's path)."""
+    text = str(error)
+    key = re.match(r'Parser key "([\w.]+)":', text)
+    if key is None:
+        return " ".join(text.split())
+    option = key.group(1)
+    reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]]
+    reasons = [reason for reason in reasons if reason and not reason.startswith(JSONARGPARSE_NOISE)]
+    for reason in reasons:
+        unknown = re.match(r"Expected a dot import path string: (\S+)", reason)
+        if unknown and option in CLASS_EXAMPLES:
+            examples = CLASS_EXAMPLES[option]
+            return f"--{option}: unknown class {unknown.group(1)!r}: give a name such as {examples}, or an import path"
+    return f"--{option}: {' '.join(reasons)}"
+
+
+def prepare() -> None:
+    """Quiet Lightning, and let --model my_file.MyNet import from the working directory."""
     _quiet_lightning()
-    sys.path.insert(0, str(Path.cwd()))  # so that --model my_file.MyNet imports from here
+    sys.path.insert(0, str(Path.cwd()))
+
+
+def print_error(program: str, error: BaseException | str) -> None:
+    """The one-line error of the command-line tools: `program: error: what is wrong`."""
+    message = one_line(error) if isinstance(error, BaseException) else " ".join(error.split())
+    print(f"{program}: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """train.py: 0 when done, 2 for a usage error, 1 when training diverged, 130 after Ctrl-C."""
+    prepare()
     parser = build_parser()
+    summaries: list[dict[str, Any]] = []
     try:
-        config = parser.parse_args(argv)
-        names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
-        models = [resolve_model(name) for name in names]
-        if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
-        summaries = [train_one(name, model_class, config, parser) for name, model_class in models]
+        config, models = parse(parser, argv)
+        for name, model_class in models:
+            summaries.append(train_one(name, model_class, config, parser))
     except (ArgumentError, UsageError, ValueError) as error:
-        print(f"train.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print_error("train.py", error)
         return 2
+    except TrainingDiverged as error:
+        print_error("train.py", f"training diverged: {error}")
+        return 1
+    except RunInterrupted as interrupted:
+        print(format_table([*summaries, interrupted.summary], config.logits))
+        if interrupted.checkpoint:
+            advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
+        else:
+            advice = "no checkpoint was written"
+        print(f"train.py: interrupted; {advice}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before or between fits, where nothing needs saving
+        print("train.py: interrupted", file=sys.stderr)
+        return 130
     table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
     rank_zero_only(print)(table)  # once, not once per DDP process
     return 0
@@ -221,3 +392,4 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*will run with no optimizer.*")  # hand-written updates, on purpose
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own checkpoints

@@ -1,13 +1,13 @@
-"""The tutorial's data as a LightningDataModule, held as ready tensors on the Trainer's device."""
+"""The tutorial's data, and the shapes it suggests next, as LightningDataModules of ready device tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from sklearn.datasets import make_blobs
+from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
@@ -100,8 +100,12 @@ class ChunkLoader:
 class BatchLoader:
     """Plain loader of (x, y) mini-batches cut from device tensors, for any LightningModule."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, shuffle: bool, seed: int) -> None:
-        self.x, self.y, self.shuffle, self.seed, self.epoch = x, y, shuffle, seed, 0
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int | None, seed: int, shuffle_epoch: Callable[[], int] | None = None
+    ) -> None:
+        """`shuffle_epoch` gives the epoch being trained, whose shuffle to use (None keeps the order): read
+        when an epoch starts, so that a resumed fit shuffles each epoch as an uninterrupted one."""
+        self.x, self.y, self.seed, self.shuffle_epoch = x, y, seed, shuffle_epoch
         self.batch_size = batch_size or len(x)
 
     def __len__(self) -> int:
@@ -109,8 +113,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         chunk = EpochChunk(self.x, self.y, range(1), self.batch_size, self.seed)
-        order = chunk.order(self.epoch) if self.shuffle else None
-        self.epoch += 1
+        order = chunk.order(self.shuffle_epoch()) if self.shuffle_epoch else None
         yield from chunk.batches(order)
 
 
@@ -131,11 +134,15 @@ class ClassificationData(L.LightningDataModule):
             epochs: passes over the training data (the command line's --epochs sets it).
             val_every: validate every this many epochs, and after the last.
             epochs_per_step: epochs that a fast module trains inside one Lightning step; the
-                Trainer's epoch loop, checkpoints and progress bar advance at this pace. None picks
-                the largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
+                Trainer's epoch loop, checkpoints (last.ckpt and the best) and progress bar advance
+                at this pace, so an interrupted run loses at most this many epochs. None picks the
+                largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
             seed: seed of the data, the split and mini-batch shuffling.
         """
         super().__init__()
+        # Into checkpoints (not the loggers: the model logs its own seed), so that
+        # `BlobData.load_from_checkpoint` rebuilds the same split without the command.
+        self.save_hyperparameters(logger=False)
         for name, value in {"batch_size": batch_size, "epochs": epochs, "epochs_per_step": epochs_per_step}.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -192,16 +199,22 @@ class ClassificationData(L.LightningDataModule):
     def train_dataloader(self) -> ChunkLoader | BatchLoader:
         if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
             return ChunkLoader(self)
-        return BatchLoader(*self.train_share, self.batch_size, shuffle=True, seed=self.seed)
+        return BatchLoader(*self.train_share, self.batch_size, self.seed, lambda: self.trainer.current_epoch)
 
     def val_dataloader(self) -> BatchLoader:
-        return BatchLoader(*self.val_share, None, shuffle=False, seed=self.seed)
+        return BatchLoader(*self.val_share, None, self.seed)
 
 
 class BlobData(ClassificationData):
     """`make_blobs`: the tutorial's four Gaussian blobs in 2-D."""
 
     def __init__(self, n_samples: int = 1000, centers: int = 4, cluster_std: float = 1.0, **kwargs) -> None:
+        """
+        Args:
+            n_samples: points in all, before the 75/25 split.
+            centers: blobs, one class each.
+            cluster_std: standard deviation of each blob.
+        """
         self.n_samples, self.centers, self.cluster_std = n_samples, centers, cluster_std
         super().__init__(**kwargs)
 
@@ -213,3 +226,42 @@ class BlobData(ClassificationData):
             cluster_std=self.cluster_std,
             random_state=self.seed,
         )
+
+
+class NoisyShapeData(ClassificationData):
+    """Base of scikit-learn's 2-D shapes that take Gaussian `noise`: moons and circles."""
+
+    def __init__(self, n_samples: int = 1000, noise: float = 0.0, **kwargs) -> None:
+        """
+        Args:
+            n_samples: points in all, before the 75/25 split.
+            noise: standard deviation of the Gaussian noise added to every point.
+        """
+        if not noise >= 0:
+            raise ValueError(f"noise must be a non-negative number, got {noise}")
+        self.n_samples, self.noise = n_samples, noise
+        super().__init__(**kwargs)
+
+
+class MoonsData(NoisyShapeData):
+    """`make_moons`: two interleaving half circles, the tutorial's suggested data that no line separates."""
+
+    def make(self):
+        return make_moons(n_samples=self.n_samples, noise=self.noise, random_state=self.seed)
+
+
+class CirclesData(NoisyShapeData):
+    """`make_circles`: a small circle inside a large one."""
+
+    def __init__(self, factor: float = 0.5, **kwargs) -> None:
+        """
+        Args:
+            factor: radius of the inner circle relative to the outer one, between 0 and 1.
+        """
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be between 0 and 1, got {factor}")
+        self.factor = factor
+        super().__init__(**kwargs)
+
+    def make(self):
+        return make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)

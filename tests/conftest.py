@@ -1,13 +1,36 @@
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from mlnet_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# These networks are too small to gain from threads, and on a busy machine torch's thread hand-offs
+# make an epoch fifty times slower; the numbers are the same with one thread or two.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
 
 
 def train(tmp_path: Path, *args: str) -> dict[str, dict]:
@@ -29,3 +52,12 @@ def tutorial_runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """The default command: all five networks, 10,000 epochs each (the tutorial's runs)."""
     root = tmp_path_factory.mktemp("tutorial")
     return root, train(root, "--accelerator", "cpu")
+
+
+@pytest.fixture(scope="session")
+def linear_run(tmp_path_factory) -> Path:
+    """The folder of a short linear run: 200 epochs, a checkpoint every 100."""
+    root = tmp_path_factory.mktemp("linear_run")
+    with single_thread():
+        train(root, "--model", "linear", "--epochs", "200", "--data.epochs_per_step", "100")
+    return root / "linear" / "version_0"

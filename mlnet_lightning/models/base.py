@@ -7,7 +7,10 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import instantiate_class
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -15,11 +18,16 @@ from mlnet_lightning.data import EpochChunk
 from mlnet_lightning.models.epochs import EagerEpochs, ReplayedEpochs
 
 
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
 class TutorialModule(L.LightningModule):
     """Base of the networks: a subclass makes its parameters and writes `forward`.
 
-    It may also replace `loss` (default: cross-entropy), `configure_optimizers` (default: SGD
-    at `lr`) or `update` (default: the optimizer's step), as the tutorial's sections do.
+    It may also replace `loss` (default: cross-entropy), `configure_optimizers` (default: the
+    `optimizer` chosen, else SGD at `lr`) or `update` (default: the optimizer's step), as the
+    tutorial's sections do.
 
     Speed: one Lightning step trains a whole `EpochChunk` of epochs, because these networks are so
     small that the Trainer's per-step machinery would otherwise cost more than the arithmetic.
@@ -36,6 +44,8 @@ class TutorialModule(L.LightningModule):
         seed: int = 0,
         num_features: int = 2,
         num_classes: int = 4,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         """
         Args:
@@ -45,6 +55,10 @@ class TutorialModule(L.LightningModule):
             seed: torch.manual_seed right before the parameters are made, as in the tutorial.
             num_features: inputs per point (taken from the data).
             num_classes: classes (taken from the data).
+            optimizer: a torch.optim class and its options as `{"class_path": ..., "init_args": {...}}`
+                (what --optimizer gives); None is SGD at `lr`.
+            lr_scheduler: a torch.optim.lr_scheduler class and its options, stepped once per data
+                epoch; None keeps the learning rate constant.
         """
         super().__init__()
         if not lr > 0:
@@ -60,8 +74,14 @@ class TutorialModule(L.LightningModule):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        if self.hparams.optimizer is None:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        else:
+            optimizer = instantiate_class(self.parameters(), self.hparams.optimizer)
+        if self.hparams.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": instantiate_class(optimizer, self.hparams.lr_scheduler)}
 
     def update(self) -> None:
         """Apply and clear the gradients."""
@@ -112,11 +132,19 @@ class TutorialModule(L.LightningModule):
         return self.loss(output, y), output.argmax(-1)
 
     def epoch_runner(self, chunk: EpochChunk) -> EagerEpochs | ReplayedEpochs:
-        """Replay a captured CUDA graph where it is safe: full batch, no gradient scaler, no
-        autocast, one process; eager otherwise (and always on CPU unless tests ask for replays)."""
+        """Replay a captured CUDA graph where it is safe: full batch, one process, no gradient
+        scaler or autocast, SGD (others must be built capturable) and no LR schedule; eager
+        otherwise, and always on CPU unless tests ask for replays."""
         replay = self.replay_epochs
         if replay is None:
-            replay = self.device.type == "cuda" and self.direct_steps and self.trainer.precision == "32-true"
+            trainer = self.trainer
+            replay = (
+                self.device.type == "cuda"
+                and self.direct_steps
+                and trainer.precision == "32-true"
+                and not trainer.lr_scheduler_configs
+                and all(isinstance(optimizer, torch.optim.SGD) for optimizer in trainer.optimizers)
+            )
         if not (replay and chunk.full_batch):
             return EagerEpochs(self, chunk)
         if self._replayer is None or not self._replayer.fits(chunk):
@@ -125,26 +153,36 @@ class TutorialModule(L.LightningModule):
 
     def training_step(self, chunk: EpochChunk) -> None:
         runner = self.epoch_runner(chunk)
-        val_epochs, val_results = [], []
+        val_epochs, val_results, rates = [], [], []
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler if self.trainer.lr_scheduler_configs else None
         for epoch in chunk.epochs:
             runner.train(epoch)
+            if scheduler is not None:  # never replayed: a captured graph holds its learning rate fixed
+                rates.append(scheduler.optimizer.param_groups[0]["lr"])  # the rate this epoch trained at
+                self.step_lr_scheduler(scheduler, runner.losses[-1])
             if chunk.validates_inside(epoch):
                 val_epochs.append(epoch)
                 val_results.append(self.evaluate(*chunk.val))
         losses, predictions, targets = runner.results()
+        self.check_finite(losses, chunk.epochs)
         # One comparison scores the whole chunk's curve (a torchmetrics call per epoch would cost a
         # tenth of an epoch). Stacking copies the replay buffers, which the next chunk rewrites.
         train = torch.stack([losses, predictions.eq(targets).float().mean(-1)])
         train = self.mean_over_processes(train, targets.shape[-1])
-        self.log_points(chunk.epochs, {"train/loss": train[0], "train/acc": train[1]})
+        train_series = {"train/loss": train[0], "train/acc": train[1]}
+        if rates:
+            train_series["train/lr"] = torch.tensor(rates)
+        self.log_points(chunk.epochs, train_series)
         if val_epochs:
             val_losses, val_predictions = zip(*val_results)
             val = torch.stack([torch.stack(val_losses), torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)])
             val = self.mean_over_processes(val, len(chunk.val[1]))
             self.log_points(val_epochs, {"val/loss": val[0], "val/acc": val[1]})
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
-        # Callbacks see data epochs too: checkpoints are named after the last epoch trained.
-        self.log_dict({"train/loss": train[0, -1], "train/acc": train[1, -1], "epoch": float(chunk.epochs[-1])})
+        # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
+        # the loggers: log_points wrote these, and Lightning would add points at its own step count.
+        metrics = {"train/loss": train[0, -1], "train/acc": train[1, -1], "epoch": float(chunk.epochs[-1])}
+        self.log_dict(metrics, logger=False)
 
     def mean_over_processes(self, means: Tensor, count: int) -> Tensor:
         """Means over this process's `count` points made means over every process's points (DDP: one
@@ -154,6 +192,25 @@ class TutorialModule(L.LightningModule):
         sums = torch.cat([means.flatten() * count, means.new_tensor([count])])
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         return (sums[:-1] / sums[-1]).view_as(means)
+
+    def step_lr_scheduler(self, scheduler: LRScheduler | ReduceLROnPlateau, loss: Tensor) -> None:
+        """Schedules count data epochs, as in a plain loop: Lightning, stepping once per Lightning
+        epoch (and never under manual optimization), would see one step per chunk."""
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(loss)  # it watches the training loss
+        else:
+            scheduler.step()
+
+    def check_finite(self, losses: Tensor, epochs: range) -> None:
+        """Stop at the chunk's first NaN or infinite loss, before it is logged or checkpointed; one
+        device sync per chunk, none per epoch."""
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            first = int(finite.logical_not().nonzero()[0])
+            raise TrainingDiverged(
+                f"the loss became {losses[first].item()} at epoch {epochs[first]} "
+                f"(the learning rate {self.hparams.lr} may be too large)"
+            )
 
     def count_steps(self, steps: int) -> None:
         """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and

@@ -17,6 +17,9 @@ class Scratch(TutorialModule):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.hparams.optimizer or self.hparams.lr_scheduler:
+            name = type(self).__name__.lower()
+            raise ValueError(f"{name} updates its tensors by hand, as its tutorial section does: it takes no optimizer")
         n_in, hidden, n_out = self.hparams.num_features, 2, self.hparams.num_classes
         torch.manual_seed(self.hparams.seed)
         self.keep("weights1", torch.randn(n_in, hidden) / math.sqrt(2))

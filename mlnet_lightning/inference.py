@@ -1,0 +1,195 @@
+"""Using a trained network with nothing but its checkpoint: evaluate.py and predict.py."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from argparse import ArgumentError
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jsonargparse import ArgumentParser
+from torch import Tensor
+
+from mlnet_lightning.checkpoints import load_run
+from mlnet_lightning.cli import print_error
+from mlnet_lightning.models import TutorialModule
+
+
+class PointsError(ValueError):
+    """A CSV of points that cannot be used: missing, unreadable, empty, or with a bad cell."""
+
+
+@dataclass
+class Points:
+    """Points read from a CSV: the cells as written (predictions echo them), as tensors, and the labels."""
+
+    header: list[str] | None
+    rows: list[list[str]]
+    x: Tensor
+    y: Tensor | None
+
+
+def read_points(path: str | Path, num_features: int, num_classes: int | None = None) -> Points:
+    """Rows of `num_features` numbers, each followed by a class label when `num_classes` is given.
+    A first row of names only is a header; blank lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise PointsError(f"{path} does not exist")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: a spreadsheet's byte-order mark
+            rows = enumerate(csv.reader(file), start=1)
+            lines = [(number, row) for number, row in rows if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise PointsError(f"cannot read {path}: it is not a text CSV file") from None
+    except (OSError, csv.Error) as error:
+        raise PointsError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    expected = feature_names(num_features) + ["label"] * (num_classes is not None)
+    header = None
+    if lines and not any(_is_number(cell) for cell in lines[0][1]):
+        _check_width(path, *lines[0], expected)
+        header = [cell.strip() for cell in lines.pop(0)[1]]
+    if not lines:
+        raise PointsError(f"{path} has no points: it is empty" + (" but for its header" if header else ""))
+    features, labels = [], []
+    for number, row in lines:
+        _check_width(path, number, row, expected)
+        features.append([_number(path, number, cell) for cell in row[:num_features]])
+        if num_classes is not None:
+            labels.append(_label(path, number, row[num_features], num_classes))
+    x = torch.tensor(features, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.int64) if num_classes is not None else None
+    return Points(header, [[cell.strip() for cell in row] for _, row in lines], x, y)
+
+
+def feature_names(num_features: int) -> list[str]:
+    return [f"x{i + 1}" for i in range(num_features)]
+
+
+def _check_width(path: Path, number: int, row: list[str], expected: list[str]) -> None:
+    if len(row) != len(expected):
+        columns = f"{len(row)} column{'s' * (len(row) != 1)}"
+        raise PointsError(f"{path} line {number}: {columns}, expected {len(expected)}: {','.join(expected)}")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(path: Path, number: int, cell: str) -> float:
+    if not _is_number(cell):
+        raise PointsError(f"{path} line {number}: {cell.strip()!r} is not a number")
+    value = float(cell)
+    if not math.isfinite(value):
+        raise PointsError(f"{path} line {number}: {cell.strip()!r} is not a finite number")
+    return value
+
+
+def _label(path: Path, number: int, cell: str, num_classes: int) -> int:
+    text = cell.strip()
+    if not (text.isdigit() and int(text) < num_classes):
+        raise PointsError(f"{path} line {number}: label {text!r} is not a class (0 to {num_classes - 1})")
+    return int(text)
+
+
+def class_probabilities(model: L.LightningModule, output: Tensor) -> Tensor:
+    """A network that returns probabilities (the tutorial's softmax) gives them as they are; logits go
+    through softmax. Tutorial networks say which they return; others are judged by their output."""
+    returns_logits = model.hparams.get("logits")
+    if returns_logits is None:
+        returns_logits = not (output.ge(0).all() and torch.allclose(output.sum(-1), torch.ones(len(output)), atol=1e-4))
+    return output.softmax(-1) if returns_logits else output
+
+
+@torch.no_grad()
+def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, int]:
+    """The loss (the network's own, as in training, when it has one) and the number of correct classes."""
+    output = model(x)
+    if isinstance(model, TutorialModule):
+        loss = model.loss(output, y)
+    else:
+        loss = F.nll_loss(class_probabilities(model, output).log(), y)
+    return loss.item(), int(output.argmax(-1).eq(y).sum())
+
+
+@torch.no_grad()
+def predict(model: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Predicted classes and class probabilities."""
+    probabilities = class_probabilities(model, model(x))
+    return probabilities.argmax(-1), probabilities
+
+
+def load_from_working_directory(checkpoint: str) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """`load_run`, where a network of one's own (`train.py --model my_file.MyNet`) imports from the
+    working directory, as it does for train.py."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    return load_run(checkpoint)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV."""
+    parser = ArgumentParser(prog="evaluate.py", description=evaluate_main.__doc__, exit_on_error=False)
+    parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
+    parser.add_argument(
+        "--data",
+        type=str | None,
+        default=None,
+        help="a CSV of labelled points x1,x2,label (default: the validation split held out in training)",
+    )
+    try:
+        args = parser.parse_args(argv)
+        model, data = load_from_working_directory(args.ckpt)
+        if args.data is None:
+            x, y, source = data.x_val, data.y_val, "the validation split"
+        else:
+            points = read_points(args.data, data.num_features, data.num_classes)
+            x, y, source = points.x, points.y, args.data
+        loss, correct = evaluate(model, x, y)
+    except (ArgumentError, ValueError) as error:
+        print_error("evaluate.py", error)
+        return 2
+    print(f"checkpoint  {args.ckpt} ({type(model).__name__})")
+    print(f"points      {len(y)} from {source}")
+    print(f"loss        {loss:.6f}")
+    print(f"accuracy    {correct / len(y):.4f} ({correct} of {len(y)})")
+    return 0
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """predict.py: the class and class probabilities of each point of a CSV, written as a CSV."""
+    parser = ArgumentParser(prog="predict.py", description=predict_main.__doc__, exit_on_error=False)
+    parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--input", type=str, required=True, help="a CSV of points x1,x2 (a header row is allowed)")
+    parser.add_argument("--output", type=str, required=True, help="the CSV to write: x1,x2,class,p0,p1,...")
+    try:
+        args = parser.parse_args(argv)
+        model, data = load_from_working_directory(args.ckpt)
+        points = read_points(args.input, data.num_features)
+        classes, probabilities = predict(model, points.x)
+        write_predictions(args.output, points, classes, probabilities)
+    except (ArgumentError, ValueError) as error:
+        print_error("predict.py", error)
+        return 2
+    print(f"predict.py: {len(classes)} predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def write_predictions(path: str, points: Points, classes: Tensor, probabilities: Tensor) -> None:
+    header = points.header or feature_names(points.x.shape[1])
+    lines = [[*header, "class", *(f"p{k}" for k in range(probabilities.shape[1]))]]
+    for row, label, row_probabilities in zip(points.rows, classes.tolist(), probabilities.tolist()):
+        lines.append([*row, str(label), *(f"{p:.8g}" for p in row_probabilities)])
+    try:
+        with open(path, "w", newline="") as file:
+            csv.writer(file, lineterminator="\n").writerows(lines)
+    except OSError as error:
+        raise PointsError(f"cannot write predictions to {path}: {error.strerror or error}") from None

@@ -1,0 +1,8 @@
+"""Loss and accuracy of a trained network: `python scripts/evaluate.py --ckpt PATH [--data points.csv]`."""
+
+import sys
+
+from mlnet_lightning.inference import evaluate_main
+
+if __name__ == "__main__":
+    sys.exit(evaluate_main())

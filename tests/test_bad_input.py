@@ -1,0 +1,115 @@
+"""Every bad input gets one line naming the problem, exit status 2, no traceback, and no finished-looking run."""
+
+import pytest
+import torch
+
+from mlnet_lightning.cli import main
+from mlnet_lightning.inference import evaluate_main, predict_main
+
+PROGRAMS = {"train.py": main, "evaluate.py": evaluate_main, "predict.py": predict_main}
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+CSV_FILES = {
+    "empty.csv": "",
+    "header_only.csv": "x1,x2\n",
+    "three_columns.csv": "x1,x2\n1.0,2.0\n1.0,2.0,3.0\n",
+    "one_column.csv": "1.0\n",
+    "word.csv": "1.0,2.0\n0.5,abc\n",
+    "nan.csv": "1.0,nan\n",
+    "infinite.csv": "inf,2.0\n",
+    "blank_cell.csv": "1.0,\n",
+    "labelled.csv": "x1,x2,label\n1.0,2.0,3\n",
+    "labelled_header_only.csv": "x1,x2,label\n",
+    "labelled_word.csv": "1.0,2.0,0\n0.5,abc,1\n",
+    "bad_label.csv": "1.0,2.0,7\n",
+    "fraction_label.csv": "1.0,2.0,1.5\n",
+}
+
+
+def predicting(points: str, output: str = "{out}", ckpt: str = "{ckpt}") -> list[str]:
+    return ["--ckpt", ckpt, "--input", points, "--output", output]
+
+
+CASES = [
+    # train.py: options
+    ("train.py", ["--model", "resnet"], ["unknown model", "resnet"]),
+    ("train.py", ["--bogus", "1"], ["unrecognized", "--bogus"]),
+    ("train.py", ["--lr", "0"], ["lr", "0"]),
+    ("train.py", ["--lr", "-1"], ["lr", "-1"]),
+    ("train.py", ["--lr", "fast"], ["lr", "fast"]),
+    ("train.py", ["--epochs", "0"], ["epochs", "0"]),
+    ("train.py", ["--epochs", "-5"], ["epochs", "-5"]),
+    pytest.param("train.py", ["--accelerator", "gpu"], ["--accelerator gpu", "no CUDA GPU"], marks=NO_GPU),
+    ("train.py", ["--accelerator", "cpu", "--devices", "999"], ["--devices 999", "CPU cores"]),
+    ("train.py", ["--default_root_dir", "{a_file}/logs"], ["cannot write to the log folder", "{a_file}/logs"]),
+    # train.py: resuming
+    ("train.py", ["--model", "linear", "--ckpt_path", "{missing}"], ["{missing}", "does not exist"]),
+    ("train.py", ["--model", "linear", "--ckpt_path", "{truncated}"], ["{truncated}", "truncated"]),
+    ("train.py", ["--model", "linear", "--ckpt_path", "{empty}"], ["{empty}", "truncated"]),
+    ("train.py", ["--model", "linear", "--ckpt_path", "{foreign}"], ["{foreign}", "not a checkpoint written by"]),
+    ("train.py", ["--model", "sequential", "--ckpt_path", "{ckpt}"], ["another network", "Linear", "Sequential"]),
+    ("train.py", ["--model", "linear", "--lr", "0.5", "--ckpt_path", "{ckpt}"], ["lr=0.2", "0.5"]),
+    ("train.py", ["--model", "linear", "--data.batch_size", "8", "--ckpt_path", "{ckpt}"], ["data.batch_size=None"]),
+    ("train.py", ["--ckpt_path", "{ckpt}"], ["--ckpt_path PATH", "--model"]),
+    # evaluate.py
+    ("evaluate.py", [], ["ckpt", "required"]),
+    ("evaluate.py", ["--ckpt", "{missing}"], ["{missing}", "does not exist"]),
+    ("evaluate.py", ["--ckpt", "{tmp}"], ["{tmp}", "is a folder"]),
+    ("evaluate.py", ["--ckpt", "{truncated}"], ["{truncated}", "truncated"]),
+    ("evaluate.py", ["--ckpt", "{foreign}"], ["{foreign}", "not a checkpoint written by"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/missing.csv"], ["missing.csv", "does not exist"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/empty.csv"], ["empty.csv", "no points"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/labelled_header_only.csv"], ["header", "no points"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/labelled_word.csv"], ["line 2", "'abc'", "not a number"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/bad_label.csv"], ["line 1", "label '7'", "0 to 3"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/fraction_label.csv"], ["label '1.5'"]),
+    ("evaluate.py", ["--ckpt", "{ckpt}", "--data", "{tmp}/nan.csv"], ["line 1", "2 columns", "x1,x2,label"]),
+    # predict.py
+    ("predict.py", ["--ckpt", "{ckpt}", "--input", "{tmp}/empty.csv"], ["output", "required"]),
+    ("predict.py", predicting("{good}", ckpt="{truncated}"), ["truncated"]),
+    ("predict.py", predicting("{tmp}/missing.csv"), ["does not exist"]),
+    ("predict.py", predicting("{tmp}"), ["cannot read", "directory"]),
+    ("predict.py", predicting("{binary}"), ["cannot read", "not a text"]),
+    ("predict.py", predicting("{tmp}/empty.csv"), ["no points", "empty"]),
+    ("predict.py", predicting("{tmp}/header_only.csv"), ["no points"]),
+    ("predict.py", predicting("{tmp}/three_columns.csv"), ["line 3", "3 columns", "expected 2"]),
+    ("predict.py", predicting("{tmp}/one_column.csv"), ["line 1", "1 column,"]),
+    ("predict.py", predicting("{tmp}/labelled.csv"), ["3 columns", "x1,x2"]),
+    ("predict.py", predicting("{tmp}/word.csv"), ["line 2", "'abc'", "not a number"]),
+    ("predict.py", predicting("{tmp}/blank_cell.csv"), ["line 1", "'' is not a number"]),
+    ("predict.py", predicting("{tmp}/nan.csv"), ["line 1", "'nan'", "not a finite number"]),
+    ("predict.py", predicting("{tmp}/infinite.csv"), ["'inf'", "not a finite number"]),
+    ("predict.py", predicting("{good}", output="{tmp}"), ["cannot write predictions", "directory"]),
+]
+
+
+@pytest.fixture
+def paths(tmp_path, linear_run) -> dict[str, str]:
+    """The files the cases name: a good checkpoint, broken and foreign ones, and CSVs good and bad."""
+    checkpoint = linear_run / "checkpoints" / "last.ckpt"
+    data = checkpoint.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {"weight": torch.zeros(2, 2)}}, tmp_path / "foreign.ckpt")
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)))
+    (tmp_path / "good.csv").write_text("1.0,2.0\n")
+    for name, text in CSV_FILES.items():
+        (tmp_path / name).write_text(text)
+    files = {"truncated": "truncated.ckpt", "empty": "empty.ckpt", "foreign": "foreign.ckpt", "missing": "missing.ckpt"}
+    files |= {"a_file": "a_file", "binary": "binary.csv", "good": "good.csv", "out": "predictions.csv"}
+    return {key: str(tmp_path / name) for key, name in files.items()} | {"tmp": str(tmp_path), "ckpt": str(checkpoint)}
+
+
+@pytest.mark.parametrize(("program", "args", "named"), CASES)
+def test_bad_input_is_one_line_naming_the_problem(program, args, named, paths, tmp_path, capsys):
+    argv = [arg.format(**paths) for arg in args]
+    if program == "train.py":  # its logs go under tmp_path; the case's own options come last and win
+        argv = ["--default_root_dir", f"{tmp_path}/logs", "--enable_progress_bar", "false", "--epochs", "5", *argv]
+    assert PROGRAMS[program](argv) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stderr.startswith(f"{program}: error: ") and stderr.count("\n") == 1, stderr
+    for words in named:
+        assert words.format(**paths) in stderr
+    assert "Traceback" not in stdout + stderr
+    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("version_*"))
+    assert not (tmp_path / "predictions.csv").exists()

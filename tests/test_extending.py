@@ -1,0 +1,69 @@
+"""docs/extending.md as a user follows it, and networks of one's own from files outside the package."""
+
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from mlnet_lightning.cli import main
+from tests.conftest import ROOT, train
+from tests.test_tutorial import read_scalars
+
+DOC = (ROOT / "docs" / "extending.md").read_text()
+
+
+def fenced_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", DOC, flags=re.S | re.M)
+
+
+def worked_example() -> tuple[str, str, dict[str, str]]:
+    """The example's code, its command, and the row of the table the doc says it prints."""
+    (code,) = fenced_blocks("python")
+    (command,) = fenced_blocks("bash")
+    (output,) = fenced_blocks("text")
+    header, row = (line.split() for line in output.splitlines())
+    return code, command.strip(), dict(zip(header, row))
+
+
+def test_the_worked_example_runs_as_written_and_prints_what_the_doc_says(tmp_path):
+    code, command, printed = worked_example()
+    (tmp_path / "my_net.py").write_text(code)  # "save this as my_net.py in the project's folder"
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # ... a folder of the user's, not the package's
+    program, *args = shlex.split(command)
+    assert program == "python"
+    result = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    header, row = (line.split() for line in result.stdout.splitlines())
+    measured = dict(zip(header, row))
+    for column in ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "device"):
+        assert measured[column] == printed[column], column
+    run_dir = tmp_path / "lightning_logs" / printed["model"] / "version_0"
+    assert (run_dir / "summary.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_subclass_in_a_module_of_ones_own_gets_the_projects_training(tmp_path, monkeypatch):
+    """The module form (my_net.SquaresNet, importable from the working directory), in-process: the
+    base class's validation every 100 data epochs, across Lightning steps of 100, and the chosen optimizer."""
+    code, _, _ = worked_example()
+    (tmp_path / "my_net.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["--model", "my_net.SquaresNet", "--data", "CirclesData", "--epochs", "300", "--data.epochs_per_step", "100"]
+    summary = train(tmp_path / "logs", *args, "--optimizer", "Adam", "--optimizer.lr", "0.05")["squaresnet"]
+    assert summary["epochs"] == 300 and summary["initial_loss"] > summary["final_loss"]
+    assert summary["val_acc"] > 0.95  # noiseless circles: a line on the squares separates them
+    run_dir = tmp_path / "logs" / "squaresnet" / "version_0"
+    assert [step for step, _ in read_scalars(run_dir)["val/acc"]] == [99, 199, 299]
+    config = (run_dir / "config.yaml").read_text()
+    assert "model: my_net.SquaresNet" in config and "torch.optim.Adam" in config
+    monkeypatch.delitem(sys.modules, "my_net")
+
+
+@pytest.mark.parametrize("name", ["elsewhere.py:Missing", "not_python.txt:Net"])
+def test_a_wrong_file_or_class_is_one_line(tmp_path, capsys, name):
+    (tmp_path / "elsewhere.py").write_text("")
+    assert main(["--model", str(tmp_path / name), "--default_root_dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and name.split(":")[0] in error

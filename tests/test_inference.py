@@ -1,0 +1,85 @@
+"""A trained network used from its checkpoint alone: evaluate.py and predict.py round-trip training's numbers."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from mlnet_lightning.checkpoints import load_run
+from mlnet_lightning.data import BlobData
+from mlnet_lightning.inference import class_probabilities, evaluate_main, predict_main
+from mlnet_lightning.models import Linear, Sequential
+
+
+@pytest.fixture
+def checkpoint(linear_run):
+    return linear_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def trained(linear_run) -> dict:
+    return json.loads((linear_run / "summary.json").read_text())
+
+
+def write_csv(path, rows, header=None):
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows([header, *rows] if header else rows)
+    return path
+
+
+def read_csv(path) -> list[list[str]]:
+    return list(csv.reader(path.read_text().splitlines()))
+
+
+def evaluate_output(capsys) -> dict[str, str]:
+    return dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_checkpoint_rebuilds_the_network_and_its_data_without_the_command(checkpoint):
+    model = Linear.load_from_checkpoint(checkpoint)  # no arguments: the hyperparameters are in the checkpoint
+    assert dict(model.hparams) == {"lr": 0.2, "logits": False, "seed": 0, "num_features": 2, "num_classes": 4}
+    loaded, data = load_run(checkpoint)  # the classes too
+    assert type(loaded) is Linear and type(data) is BlobData and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert torch.equal(data.x_val, BlobData().x_val)
+
+
+def test_evaluate_reports_the_validation_numbers_of_training(checkpoint, trained, capsys):
+    assert evaluate_main(["--ckpt", str(checkpoint)]) == 0
+    report = evaluate_output(capsys)
+    correct, _, total = report["accuracy"].split("(")[1].rstrip(")").split()
+    assert int(total) == 250 and int(correct) / int(total) == pytest.approx(trained["val_acc"], abs=1e-6)
+    history = torch.load(checkpoint, weights_only=True)["history"]
+    assert float(report["loss"]) == pytest.approx(history["val/loss"], abs=1e-6)
+
+
+def test_predict_classifies_the_validation_points_as_training_did(checkpoint, trained, tmp_path):
+    data = BlobData()
+    points = write_csv(tmp_path / "points.csv", [[repr(v) for v in row] for row in data.x_val.tolist()], ["a", "b"])
+    assert predict_main(["--ckpt", str(checkpoint), "--input", str(points), "--output", str(tmp_path / "out.csv")]) == 0
+    header, *rows = read_csv(tmp_path / "out.csv")
+    assert header == ["a", "b", "class", "p0", "p1", "p2", "p3"]  # the input's own header is kept
+    assert len(rows) == 250 and [row[:2] for row in rows] == read_csv(points)[1:]
+    classes = torch.tensor([int(row[2]) for row in rows])
+    probabilities = torch.tensor([[float(p) for p in row[3:]] for row in rows])
+    assert classes.eq(data.y_val).float().mean().item() == pytest.approx(trained["val_acc"], abs=1e-6)
+    assert torch.equal(probabilities.argmax(-1), classes)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(250), atol=1e-5)
+
+
+def test_evaluate_on_a_labelled_csv_gives_the_same_accuracy(checkpoint, trained, tmp_path, capsys):
+    data = BlobData()
+    rows = [[repr(x1), repr(x2), str(y)] for (x1, x2), y in zip(data.x_val.tolist(), data.y_val.tolist())]
+    labelled = write_csv(tmp_path / "labelled.csv", rows)  # no header
+    assert evaluate_main(["--ckpt", str(checkpoint), "--data", str(labelled)]) == 0
+    correct, _, total = evaluate_output(capsys)["accuracy"].split("(")[1].rstrip(")").split()
+    assert int(correct) / int(total) == pytest.approx(trained["val_acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_probabilities_come_from_softmax_only_for_logits(logits):
+    model = Sequential(logits=logits)
+    output = model(BlobData().x_val)
+    expected = output.softmax(-1) if logits else output
+    assert torch.equal(class_probabilities(model, output), expected)
