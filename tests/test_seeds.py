@@ -75,6 +75,14 @@ def test_every_tutorial_network_stacks_exactly(name, logits):
         assert copies.finals[key][1].item() == pytest.approx(single.history[key], abs=1e-6), key
 
 
+def test_mlp_stacks_exactly(tmp_path):
+    mlp = ["--model", "mlp", "--mlp.hidden", "[8, 8]", "--mlp.activation", "relu", "--epochs", "300"]
+    stacked = train(tmp_path / "stacked", *mlp, "--seeds", "3")["mlp"]["copies"]
+    single = train(tmp_path / "single", *mlp, "--seed", "2")["mlp"]
+    for key in FINAL_NUMBERS:
+        assert stacked[key][2] == pytest.approx(single[key], abs=1e-5), key
+
+
 def test_mini_batches_stack_exactly():
     data = BlobData(epochs=20, batch_size=64, epochs_per_step=7)
     copies = StackedCopies(TUTORIAL_MODELS["sequential"], seeds=[0, 5], lrs=[0.2])
@@ -112,6 +120,7 @@ def test_a_network_that_is_not_its_layers_is_refused():
         (["--lrs", "0.1,fast"], "--lrs"),
         (["--lrs", "0.1,0.1"], "--lrs"),
         (["--seeds", "4", "--devices", "2", "--strategy", "ddp"], "one device"),
+        (["--seeds", "2", "--optimizer", "Adam", "--optimizer.lr", "0.01"], "plain gradient descent"),
     ],
 )
 def test_bad_stacking_options_are_one_line_and_status_2(tmp_path, capsys, options, message):
