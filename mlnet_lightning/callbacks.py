@@ -133,8 +133,9 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.summary = self.collect(trainer, pl_module)
         interrupted = self.stop is not None and self.stop.requested
-        if trainer.is_global_zero and trainer.log_dir and not interrupted:
-            path = Path(trainer.log_dir) / "summary.json"
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
+        if trainer.is_global_zero and log_dir and not interrupted:
+            path = Path(log_dir) / "summary.json"
             path.write_text(json.dumps(self.summary, indent=2) + "\n")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -155,4 +156,5 @@ class RunSummary(L.Callback):
             "val_acc": history.get("val/acc"),
             "fit_seconds": round(self.fit_seconds(), 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
+            **getattr(pl_module, "extra_summary", {}),  # stacked copies: each copy's numbers, their spread
         }

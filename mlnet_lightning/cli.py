@@ -25,6 +25,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LRScheduler
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
@@ -34,6 +35,7 @@ from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
+from mlnet_lightning.seeds import StackedCopies, format_copies_table
 
 # Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
 OWNED_TRAINER_OPTIONS = {"max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch", "logger"}
@@ -87,6 +89,12 @@ def build_parser() -> LightningArgumentParser:
     )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
+    )
+    parser.add_argument(
+        "--seeds", type=PositiveInt, default=1, help="train copies with seeds --seed, --seed+1, ... at once (stacked)"
+    )
+    parser.add_argument(
+        "--lrs", type=str | None, default=None, help="train a copy at each of these rates at once, e.g. 0.05,0.1,0.2"
     )
     parser.add_argument(
         "--pictures",
@@ -158,12 +166,38 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
     if issubclass(model_class, MLP):
         chosen.update(config.mlp.as_dict())
+    if stacks_copies(config):
+        return build_copies(model_class, config, {**offered, **chosen})
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     refused = [key for key in chosen if not (takes_all or key in accepted)]
     if refused:
         raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
     return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
+
+
+def stacks_copies(config: Namespace) -> bool:
+    return config.seeds > 1 or config.lrs is not None
+
+
+def build_copies(model_class: type[L.LightningModule], config: Namespace, offered: dict[str, Any]) -> StackedCopies:
+    """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device."""
+    if not issubclass(model_class, TutorialModule):
+        raise UsageError(f"--seeds and --lrs stack subclasses of TutorialModule; {model_class.__name__} is not one")
+    lrs = [config.lr] if config.lrs is None else learning_rates(config.lrs)
+    options = {k: v for k, v in offered.items() if k not in ("lr", "seed")}
+    return StackedCopies(model_class, range(config.seed, config.seed + config.seeds), lrs, **options)
+
+
+def learning_rates(text: str) -> list[float]:
+    """--lrs 0.05,0.1,0.2 as a list of distinct positive rates."""
+    try:
+        rates = [float(rate) for rate in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(rate > 0 for rate in rates) or len(set(rates)) < len(rates):
+        raise UsageError(f"--lrs takes distinct positive learning rates separated by commas, got {text!r}")
+    return rates
 
 
 def train_one(
@@ -199,7 +233,8 @@ def train_one(
     run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
     run_options = {"epochs": config.epochs, "data": {"name": type(data).__name__, **data.hparams}}
-    callbacks.append(Pictures(name, run_options, draw=config.pictures))
+    # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
+    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
     try:
         trainer = L.Trainer(
             **trainer_options,
@@ -211,6 +246,13 @@ def train_one(
         raise UsageError(str(error).split("\n")[0]) from None
     if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
         raise UsageError(f"--devices {config.devices}: this machine has only {os.cpu_count()} CPU cores")
+    if trainer.world_size > 1 and isinstance(model, StackedCopies):
+        raise UsageError("--seeds and --lrs train their copies on one device: leave out --devices and --strategy")
+    if trainer.world_size > 1 and not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(
+            f"{name} keeps its weights in plain tensors, which DistributedDataParallel cannot see: "
+            "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
+        )
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
     except RunInterrupted:
@@ -341,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or between fits, where nothing needs saving
         print("train.py: interrupted", file=sys.stderr)
         return 130
-    print(format_table(summaries, config.logits))
+    table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
+    rank_zero_only(print)(table)  # once, not once per DDP process
     return 0
 
 
@@ -351,4 +394,5 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*will run with no optimizer.*")  # hand-written updates, on purpose
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own checkpoints

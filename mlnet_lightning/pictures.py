@@ -212,8 +212,9 @@ class Pictures(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.log_hyperparams(trainer, pl_module)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast under DDP: every process asks
         if self.draw and trainer.is_global_zero:
-            self.save_pictures(trainer, pl_module)
+            self.save_pictures(trainer, pl_module, folder)
 
     def log_hyperparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The run's options beside its final numbers, so that runs compare in the HPARAMS tab."""
@@ -224,9 +225,8 @@ class Pictures(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params, metrics)
 
-    def save_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def save_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
         data, done = trainer.datamodule, epochs_done(trainer, pl_module)
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         title = f"{type(pl_module).__name__} after {done} epochs"
         figures: dict[str, tuple[Figure, int | None]] = {"curves": (curves_figure(self.recorder.series, title), None)}
         if data.num_features == 2:

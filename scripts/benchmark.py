@@ -113,6 +113,37 @@ def main_command_case(repeats: int) -> dict:
     }
 
 
+def seeds_case(copies: int, epochs: int, accelerator: str, root: str, repeats: int) -> dict:
+    """One seed's run against `copies` seeds stacked at once (--seeds), both the main command's path."""
+    network = TUTORIAL_MODELS["sequential"]
+    one_times, stacked_times = [], []
+    for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
+        seconds, one = trainer_run(network, "sequential", accelerator, root, BlobData(epochs=epochs))
+        one_times.append(seconds)
+        seconds, stacked = trainer_run(network, "sequential", accelerator, root, BlobData(epochs=epochs),
+                                       "--seeds", str(copies))  # fmt: skip
+        stacked_times.append(seconds)
+    one_s, stacked_s = statistics.median(one_times), statistics.median(stacked_times)
+    return {
+        "case": f"sequential {epochs} epochs: {copies} seeds stacked vs 1 seed",
+        "device": one["device"],
+        "one_seed_s": round(one_s, 3),
+        "seeds_s": round(stacked_s, 3),
+        "ratio": round(stacked_s / one_s, 3),
+        "one_seed_final_loss": one["final_loss"],
+        "seed_0_final_loss": stacked["copies"]["final_loss"][0],
+        "runs": repeats,
+    }
+
+
+def print_seed_rows(rows: list[dict]) -> None:
+    columns = ["case", "device", "one_seed_s", "seeds_s", "ratio", "one_seed_final_loss", "seed_0_final_loss"]
+    cells = [columns] + [[_format(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
 def print_table(rows: list[dict]) -> None:
     columns = ["case", "device", "plain_s", "trainer_s", "ratio", "trainer_us_per_epoch", "plain_final_loss",
                "trainer_final_loss"]  # fmt: skip
@@ -156,6 +187,12 @@ def main() -> None:
         rows.append(main_command_case(args.repeats))
     print()
     print_table(rows)
+    copies, epochs = (100, 2_000) if args.accelerator == "cpu" else (1_000, 10_000)  # targets: 10x, 2x
+    with tempfile.TemporaryDirectory() as root:
+        seed_rows = [seeds_case(copies, epochs, args.accelerator, root, args.repeats)]
+    print()
+    print_seed_rows(seed_rows)
+    rows += seed_rows
     output = Path(args.output or f"lightning_logs/benchmark-{args.accelerator}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")

@@ -67,7 +67,6 @@ class TutorialModule(L.LightningModule):
         self.automatic_optimization = False
         self.direct_steps = False
         self._replayer: ReplayedEpochs | None = None
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
         self.history: dict[str, float] = {}  # first and latest values of the logged series
@@ -90,7 +89,8 @@ class TutorialModule(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad()
 
-    def backward(self, loss: Tensor) -> None:
+    def backpropagate(self, loss: Tensor) -> None:
+        # Not named `backward`: that is LightningModule's hook, which manual_backward itself calls.
         if self.direct_steps:
             loss.backward()
         else:
@@ -112,7 +112,7 @@ class TutorialModule(L.LightningModule):
         for x, y in chunk.batches(chunk.order(epoch)):
             output = self(x)
             loss = self.loss(output, y)
-            self.backward(loss)
+            self.backpropagate(loss)
             self.update()
             losses.append(loss.detach())
             predictions.append(output.detach().argmax(-1))
@@ -165,24 +165,33 @@ class TutorialModule(L.LightningModule):
                 val_results.append(self.evaluate(*chunk.val))
         losses, predictions, targets = runner.results()
         self.check_finite(losses, chunk.epochs)
-        # One comparison scores the whole chunk's curve (a torchmetrics call costs a tenth of an
-        # epoch here); torchmetrics scores the chunk's last epoch, which callbacks see.
-        accuracies = predictions.eq(targets).float().mean(-1)
-        train_series = {"train/loss": losses, "train/acc": accuracies}
+        # One comparison scores the whole chunk's curve (a torchmetrics call per epoch would cost a
+        # tenth of an epoch). Stacking copies the replay buffers, which the next chunk rewrites.
+        train = torch.stack([losses, predictions.eq(targets).float().mean(-1)])
+        train = self.mean_over_processes(train, targets.shape[-1])
+        train_series = {"train/loss": train[0], "train/acc": train[1]}
         if rates:
             train_series["train/lr"] = torch.tensor(rates)
         self.log_points(chunk.epochs, train_series)
         if val_epochs:
             val_losses, val_predictions = zip(*val_results)
-            val_accuracies = torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)
-            self.log_points(val_epochs, {"val/loss": torch.stack(val_losses), "val/acc": val_accuracies})
+            val = torch.stack([torch.stack(val_losses), torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)])
+            val = self.mean_over_processes(val, len(chunk.val[1]))
+            self.log_points(val_epochs, {"val/loss": val[0], "val/acc": val[1]})
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
-        self.train_acc(predictions[-1], targets[-1])
         # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
         # the loggers: log_points wrote these, and Lightning would add points at its own step count.
-        last_loss = losses[-1].clone()  # the replay buffers are rewritten by the next chunk
-        metrics = {"train/loss": last_loss, "train/acc": self.train_acc, "epoch": float(chunk.epochs[-1])}
+        metrics = {"train/loss": train[0, -1], "train/acc": train[1, -1], "epoch": float(chunk.epochs[-1])}
         self.log_dict(metrics, logger=False)
+
+    def mean_over_processes(self, means: Tensor, count: int) -> Tensor:
+        """Means over this process's `count` points made means over every process's points (DDP: one
+        all-reduce per chunk); unchanged in a single process."""
+        if self.trainer.world_size == 1:
+            return means
+        sums = torch.cat([means.flatten() * count, means.new_tensor([count])])
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        return (sums[:-1] / sums[-1]).view_as(means)
 
     def step_lr_scheduler(self, scheduler: LRScheduler | ReduceLROnPlateau, loss: Tensor) -> None:
         """Schedules count data epochs, as in a plain loop: Lightning, stepping once per Lightning
@@ -221,7 +230,9 @@ class TutorialModule(L.LightningModule):
         metrics = {"val/loss": self.val_loss.compute(), "val/acc": self.val_acc.compute()}
         self.val_loss.reset()
         self.val_acc.reset()
-        self.log_dict(metrics, logger=False)  # for callbacks: checkpoint on val/acc, early stopping
+        # For callbacks (checkpoint on val/acc, early stopping). torchmetrics has already reduced the
+        # values over DDP processes; sync_dist averages equal values and tells Lightning so.
+        self.log_dict(metrics, logger=False, sync_dist=True)
         if not self.trainer.sanity_checking and "epoch" in self.history:
             self.log_points([int(self.history["epoch"])], {k: v.view(1) for k, v in metrics.items()})
 

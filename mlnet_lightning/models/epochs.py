@@ -65,7 +65,7 @@ class ReplayedEpochs:
         """One epoch, recorded at the device-side index (this is what the graph captures)."""
         output = self.module(self.x)
         loss = self.module.loss(output, self.y)
-        self.module.backward(loss)
+        self.module.backpropagate(loss)
         self.module.update()
         self.losses.index_copy_(0, self.index, loss.detach().view(1))
         self.predictions.index_copy_(0, self.index, output.detach().argmax(-1).view(1, -1))

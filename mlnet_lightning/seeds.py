@@ -1,0 +1,325 @@
+"""Many copies of one network trained at once on one device: seed distributions and learning-rate sweeps.
+
+Each copy is built exactly as a single run builds it (its own `torch.manual_seed`), then the copies'
+weights are stacked along a leading copy dimension, so that an epoch of all of them is a handful of
+batched matrix products and each copy follows the trajectory of its single run.
+
+Activations are held class-planar, (copies, features, points), rather than the (copies, points,
+classes) that `torch.func.vmap` produces: on the CPU, softmax, log-softmax and argmax over a last
+dimension of 4 cost about 100 ns a row, so in that layout K copies cost as much as K single runs,
+while over the middle dimension the same kernels run vectorised along the points.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+
+from mlnet_lightning.data import EpochChunk
+from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
+
+# Elementwise activations: they apply to class-planar tensors unchanged.
+ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
+HAND_UPDATES = (Scratch.update, Parameter.update)  # p -= lr * p.grad, written out by the tutorial
+
+
+@dataclass
+class Perceptron:
+    """What stacking needs to know of one copy: affine layers with elementwise activations, the output
+    (logits, or softmax probabilities as in the tutorial) and the loss."""
+
+    weights: list[Tensor]  # (out, in) each
+    biases: list[Tensor]  # (out,) each
+    activations: list[Callable[[Tensor], Tensor] | None]  # after each layer
+    softmax_output: bool
+    loss: str  # "cross_entropy" (F.cross_entropy of the output) or "log_probability" (scratch's own)
+
+
+def describe(network: TutorialModule) -> Perceptron:
+    """Read the layers of a tutorial network, of an `mlp`-like network made of one nn.Sequential, or
+    raise ValueError for anything else."""
+    name = type(network).__name__
+    logits = network.hparams.get("logits", False)
+    if isinstance(network, Scratch):  # scratch, functional, parameter: raw (in, out) tensors
+        weights = [network.weights1.T, network.weights2.T]
+        biases, activations = [network.bias1, network.bias2], [torch.sigmoid, None]
+    elif isinstance(network, Linear):
+        weights, biases = [network.lin1.weight, network.lin2.weight], [network.lin1.bias, network.lin2.bias]
+        activations = [torch.sigmoid, None]
+    else:
+        weights, biases, activations, logits = _read_sequential(network)
+    losses = {TutorialModule.loss: "cross_entropy", Scratch.loss: "log_probability"}
+    if type(network).loss not in losses:
+        raise ValueError(f"{name} has a loss of its own, which --seeds and --lrs cannot stack")
+    _check_plain_gradient_descent(network)
+    detached = [t.detach().clone() for t in weights], [t.detach().clone() for t in biases]
+    return Perceptron(*detached, activations, not logits, losses[type(network).loss])
+
+
+def _read_sequential(network: nn.Module) -> tuple[list[Tensor], list[Tensor], list, bool]:
+    unsupported = ValueError(
+        f"{type(network).__name__} cannot be stacked by --seeds and --lrs: they need the tutorial's networks "
+        "or one made of a single nn.Sequential of nn.Linear layers and elementwise activations"
+    )
+    sequentials = [m for m in network.children() if isinstance(m, nn.Sequential)]
+    if len(sequentials) != 1:
+        raise unsupported
+    weights, biases, activations, logits = [], [], [], True
+    for i, layer in enumerate(sequentials[0]):
+        if isinstance(layer, nn.Linear) and layer.bias is not None:
+            weights.append(layer.weight)
+            biases.append(layer.bias)
+            activations.append(None)
+        elif isinstance(layer, ACTIVATIONS) and activations and activations[-1] is None:
+            activations[-1] = layer
+        elif isinstance(layer, nn.Softmax) and layer.dim in (-1, 1) and i == len(sequentials[0]) - 1:
+            logits = False
+        elif not isinstance(layer, nn.Identity):
+            raise unsupported
+    return weights, biases, activations, logits
+
+
+def _check_plain_gradient_descent(network: TutorialModule) -> None:
+    update = type(network).update
+    if update in HAND_UPDATES:
+        return
+    optimizer = network.configure_optimizers() if update is TutorialModule.update else None
+    plain = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
+    if type(optimizer) is not torch.optim.SGD or any(optimizer.defaults.get(k, v) != v for k, v in plain.items()):
+        raise ValueError(f"{type(network).__name__} is not trained by plain gradient descent, which --seeds stacks")
+
+
+class StackedCopies(L.LightningModule):
+    """K copies of a network, one for each (learning rate, seed) pair, trained at once through the Trainer.
+
+    Its output: each copy's final numbers and their distribution per learning rate (`extra_summary`,
+    which goes into summary.json), TensorBoard histograms of the copies' validation loss and accuracy
+    at every validation, and each learning rate's mean curves, a point per epoch.
+    """
+
+    trains_epoch_chunks = True  # an EpochChunk per Lightning step, as for TutorialModule
+
+    def __init__(
+        self,
+        network: type[TutorialModule],
+        seeds: Sequence[int],
+        lrs: Sequence[float],
+        **network_options: Any,
+    ) -> None:
+        """
+        Args:
+            network: the network class; copy (lr, seed) is `network(lr=lr, seed=seed, **network_options)`.
+            seeds: the seeds of each learning rate's copies.
+            lrs: the learning rates; copies are ordered rate by rate, seed by seed within a rate.
+            network_options: the rest of the network's arguments (logits, data shape).
+        """
+        super().__init__()
+        if not seeds or not lrs or len(set(lrs)) < len(lrs) or len(set(seeds)) < len(seeds):
+            raise ValueError(f"stacked copies need distinct seeds and learning rates, got {seeds} and {lrs}")
+        self.save_hyperparameters({"network": network.__qualname__, "seeds": list(seeds), "lrs": list(lrs)})
+        self.automatic_optimization = False
+        self.learning_rates = list(lrs)
+        self.seeds = [seed for _ in lrs for seed in seeds]
+        self.lrs = [lr for lr in lrs for _ in seeds]
+        copies = [network(**network_options, lr=lr, seed=seed) for lr, seed in zip(self.lrs, self.seeds)]
+        layers = [describe(copy) for copy in copies]
+        self.activations = layers[0].activations
+        self.softmax_output, self.loss_kind = layers[0].softmax_output, layers[0].loss
+        self.weights = nn.ParameterList(torch.stack(w) for w in zip(*(copy.weights for copy in layers)))
+        self.biases = nn.ParameterList(torch.stack(b).unsqueeze(-1) for b in zip(*(copy.biases for copy in layers)))
+        self.register_buffer("step_sizes", torch.tensor(self.lrs).view(-1, 1, 1))
+        self._check_against(copies)
+        self.history: dict[str, float] = {}  # means over the copies: what a single run's history holds
+        self.finals: dict[str, Tensor] = {}  # each copy's latest values
+        self._val_sums: Tensor | None = None
+
+    @property
+    def copies(self) -> int:
+        return len(self.seeds)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Every copy's output for points x (N, features), class-planar: (copies, classes, N)."""
+        h = x.T
+        for weight, bias, activation in zip(self.weights, self.biases, self.activations):
+            if h.dim() == 2:  # the input, the same for every copy: one matrix product serves them all
+                h = torch.addmm(bias.flatten(0, 1), weight.flatten(0, 1), h).view(self.copies, -1, len(x))
+            else:
+                h = torch.baddbmm(bias, weight, h)
+            if activation is not None:
+                h = activation(h)
+        return h.softmax(1) if self.softmax_output else h
+
+    def losses(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """Each copy's mean loss over the points, (copies,)."""
+        targets = y.expand(self.copies, -1)
+        if self.loss_kind == "cross_entropy":
+            return F.cross_entropy(outputs, targets, reduction="none").mean(-1)
+        probabilities = outputs if self.softmax_output else outputs.softmax(1)
+        return -probabilities.gather(1, targets.unsqueeze(1)).log().mean(-1).squeeze(1)
+
+    def accuracies(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """Each copy's fraction of points whose true class has the largest output. (Argmax over the
+        middle dimension is slow on the CPU; an exact tie, where argmax would pick the first class,
+        is vanishingly rare with float outputs.)"""
+        true_class = outputs.gather(1, y.expand(self.copies, 1, -1))
+        return true_class.eq(outputs.amax(1, keepdim=True)).float().mean(-1).squeeze(1)
+
+    def configure_optimizers(self) -> None:
+        return None  # plain gradient descent with a rate per copy, below
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for tensor in (*self.weights, *self.biases):
+            tensor -= tensor.grad * self.step_sizes
+            tensor.grad = None
+
+    def train_epoch(self, chunk: EpochChunk, epoch: int) -> tuple[Tensor, Tensor]:
+        """One pass of every copy over the training data; returns each copy's mean loss and accuracy."""
+        losses, accuracies, sizes = [], [], []
+        for x, y in chunk.batches(chunk.order(epoch)):
+            outputs = self(x)
+            loss = self.losses(outputs, y)
+            loss.sum().backward()  # the copies are independent: each gets the gradient of its own loss
+            self.update()
+            losses.append(loss.detach())
+            accuracies.append(self.accuracies(outputs.detach(), y))
+            sizes.append(len(y))
+        if len(sizes) == 1:
+            return losses[0], accuracies[0]
+        shares = torch.tensor(sizes, dtype=torch.float32, device=self.device).unsqueeze(1) / sum(sizes)
+        return (torch.stack(losses) * shares).sum(0), (torch.stack(accuracies) * shares).sum(0)
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = self(x)
+        return self.losses(outputs, y), self.accuracies(outputs, y)
+
+    def training_step(self, chunk: EpochChunk) -> None:
+        curves, validations = [], []
+        for epoch in chunk.epochs:
+            curves.append(self.train_epoch(chunk, epoch))
+            if chunk.validates_inside(epoch):
+                validations.append((epoch, self.evaluate(*chunk.val)))
+        losses, accuracies = (torch.stack(series) for series in zip(*curves))  # (epochs, copies) each
+        self.record(chunk.epochs, {"train/loss": losses, "train/acc": accuracies})
+        for epoch, (val_losses, val_accuracies) in validations:
+            self.record([epoch], {"val/loss": val_losses[None], "val/acc": val_accuracies[None]})
+        # No optimizer counts the steps, which checkpointing and loggers read (as TutorialModule.count_steps).
+        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
+        steps.ready += len(chunk.epochs) * chunk.batches_per_epoch
+        steps.completed += len(chunk.epochs) * chunk.batches_per_epoch
+        means = {"train/loss": losses[-1].mean(), "train/acc": accuracies[-1].mean()}
+        self.log_dict({**means, "epoch": float(chunk.epochs[-1])}, logger=False)  # for callbacks
+
+    def validation_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        losses, accuracies = self.evaluate(x, y)
+        sums = torch.stack([losses, accuracies, torch.ones_like(losses)]) * len(y)
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+
+    def on_validation_epoch_end(self) -> None:
+        losses, accuracies = self._val_sums[:2] / self._val_sums[2]
+        self._val_sums = None
+        self.log_dict({"val/loss": losses.mean(), "val/acc": accuracies.mean()}, logger=False)  # for callbacks
+        if not self.trainer.sanity_checking and "epoch" in self.history:
+            self.record([int(self.history["epoch"])], {"val/loss": losses[None], "val/acc": accuracies[None]})
+
+    def record(self, epochs: Sequence[int], series: dict[str, Tensor]) -> None:
+        """Log (epochs, copies) series: each learning rate's mean, a point per epoch, and at a validation
+        the histogram of the copies' values; keep each copy's latest values."""
+        labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
+        blocks = {name: values.view(len(epochs), len(labels), -1) for name, values in series.items()}
+        means = {name: values.mean(-1).tolist() for name, values in blocks.items()}
+        for i, epoch in enumerate(epochs):
+            point = {f"{name}_mean{label}": means[name][i][g] for name in means for g, label in enumerate(labels)}
+            for logger in self.loggers:
+                logger.log_metrics(point, step=epoch)
+        if "val/acc" in series:
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    for (name, values), (g, label) in product(blocks.items(), enumerate(labels)):
+                        logger.experiment.add_histogram(f"{name}{label}", values[-1, g], global_step=epochs[-1])
+        if epochs[0] == 0 and "train/loss" in series:
+            self.finals["initial_loss"] = series["train/loss"][0]
+        self.finals.update({name: values[-1] for name, values in series.items()})
+        self.history.update({name: values.mean().item() for name, values in self.finals.items()})
+        self.history["epoch"] = max(self.history.get("epoch", 0), epochs[-1])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"], checkpoint["finals"] = self.history, self.finals
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history, self.finals = checkpoint.get("history", {}), checkpoint.get("finals", {})
+
+    @torch.no_grad()
+    def _check_against(self, copies: Sequence[TutorialModule]) -> None:
+        """Stacking read each copy's layers from its attributes: check that the stack computes what
+        each copy's own forward and loss compute."""
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, self.weights[0].shape[-1], generator=generator)
+        y = torch.randint(self.weights[-1].shape[1], (64,), generator=generator)
+        outputs = self(x)
+        expected = torch.stack([copy(x) for copy in copies]).transpose(1, 2)
+        expected_losses = torch.stack([copy.loss(copy(x), y) for copy in copies])
+        same_outputs = torch.allclose(outputs, expected, atol=1e-6)
+        if not (same_outputs and torch.allclose(self.losses(outputs, y), expected_losses)):
+            raise ValueError(f"{type(copies[0]).__name__}'s forward is not the stack of the layers read from it")
+
+    @property
+    def extra_summary(self) -> dict[str, Any]:
+        """For summary.json: each copy's final numbers, and their distribution per learning rate."""
+        columns = {"seed": self.seeds, "lr": self.lrs}
+        columns.update({SUMMARY_NAMES.get(name, name): values.tolist() for name, values in self.finals.items()})
+        distributions = []
+        for lr in self.learning_rates:
+            block = [i for i, rate in enumerate(self.lrs) if rate == lr]
+            seeds = [self.seeds[i] for i in block]
+            entry: dict[str, Any] = {"lr": lr, "copies": len(block)}
+            for name, higher_is_better in (("val_acc", True), ("val_loss", False), ("final_loss", False)):
+                if name in columns:
+                    entry[name] = distribution([columns[name][i] for i in block], seeds, higher_is_better)
+            distributions.append(entry)
+        return {"copies": columns, "distribution": distributions}
+
+
+SUMMARY_NAMES = {"train/loss": "final_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc"}
+
+
+def distribution(values: Sequence[float], seeds: Sequence[int], higher_is_better: bool) -> dict[str, float]:
+    """Mean, standard deviation, extremes and median of the copies' values, and the seeds at the extremes."""
+    best = max if higher_is_better else min
+    worst = min if higher_is_better else max
+    by_seed = list(zip(values, seeds))
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "best_seed": best(by_seed, key=lambda pair: pair[0])[1],
+        "worst_seed": worst(by_seed, key=lambda pair: pair[0])[1],
+    }
+
+
+def format_copies_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """One line per network and learning rate: the spread of the final validation accuracy over the seeds."""
+    columns = ("model", "lr", "seeds", "final_loss", "val_acc_mean", "std", "min", "median", "max", "best_seed",
+               "worst_seed")  # fmt: skip
+    rows = [columns]
+    for summary in summaries:
+        for entry in summary["distribution"]:
+            acc, loss = entry["val_acc"], entry["final_loss"]
+            numbers = [f"{acc[k]:.4f}" for k in ("mean", "std", "min", "median", "max")]
+            rows.append((summary["model"], f"{entry['lr']:g}", str(entry["copies"]), f"{loss['mean']:.6f}", *numbers,
+                         str(acc["best_seed"]), str(acc["worst_seed"])))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
