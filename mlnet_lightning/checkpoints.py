@@ -103,9 +103,15 @@ class Resume:
             self.run_dir.parent.parent,
             name=self.run_dir.parent.name,
             version=self.run_dir.name,
-            default_hp_metric=False,
             purge_step=self.first_step,
+            **LOGGER_OPTIONS,
         )
+
+
+# TensorBoard's writer hands each event to its own thread through a queue of 10 by default, so a
+# chunk's thousand points would wait on that thread event by event (measured: 176 against 13 us a
+# point); the queue is flushed with every checkpoint and at the end.
+LOGGER_OPTIONS = {"default_hp_metric": False, "max_queue": 100_000}
 
 
 def newest_last_checkpoint(runs_dir: Path) -> Path | None:

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LRScheduler
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
-from mlnet_lightning.checkpoints import Resume, RunCheckpoint, plan_resume
+from mlnet_lightning.checkpoints import LOGGER_OPTIONS, Resume, RunCheckpoint, plan_resume
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
@@ -270,7 +270,7 @@ def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
     """A new version under `runs_dir`, or the resumed run's own folder."""
     if resume is not None and resume.run_dir is not None:
         return resume.logger()
-    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, default_hp_metric=False)
+    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, **LOGGER_OPTIONS)
 
 
 def check_writable(folder: str) -> None:

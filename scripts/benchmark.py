@@ -51,10 +51,9 @@ def wide_network() -> nn.Sequential:
 def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobData, *options: str):
     """The main command's path for one network; returns (wall seconds, summary)."""
     parser = build_parser()
-    config = parser.parse_args(
-        ["--model", name, "--accelerator", accelerator, "--default_root_dir", root, "--epochs", str(data.epochs)]
-        + list(options)
-    )
+    # Pictures off: their cost has its own budget and measurement (docs/benchmarks.md, "Pictures").
+    command = ["--model", name, "--accelerator", accelerator, "--default_root_dir", root, "--pictures", "false"]
+    config = parser.parse_args([*command, "--epochs", str(data.epochs), *options])
     start = time.perf_counter()
     summary = train_one(name, model_class, config, parser, data=data)
     return time.perf_counter() - start, summary
