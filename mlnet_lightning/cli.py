@@ -214,14 +214,15 @@ def train_one(
     torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
     fast = getattr(model, "trains_epoch_chunks", False)
-    trainer_options = {k: v for k, v in config.items() if k in inspect.signature(L.Trainer).parameters}
+    trainer_options = {k: v for k, v in config.items(branches=True) if k in inspect.signature(L.Trainer).parameters}
     runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
     resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
     if config.ckpt_path and resume is None:
         print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
     stop = StopOnInterrupt()
     summary = RunSummary(name, stop)
-    callbacks = [summary, stop, RunCheckpoint(), *(trainer_options.pop("callbacks") or [])]
+    chosen_callbacks = [instantiate_class((), c.as_dict()) for c in trainer_options.pop("callbacks") or []]
+    callbacks = [summary, stop, RunCheckpoint(), *chosen_callbacks]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar())
     # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
@@ -273,10 +274,13 @@ def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
 
 
 def check_writable(folder: str) -> None:
-    """Fail before training, not after it, when the logs cannot be written."""
+    """Fail before training, not after it, when the logs cannot be written (creating nothing: a
+    command that fails later on a bad option leaves no folder behind)."""
+    existing = next(path for path in (Path(folder).absolute(), *Path(folder).absolute().parents) if path.exists())
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None

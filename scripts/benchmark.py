@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -58,6 +60,16 @@ def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobD
     return time.perf_counter() - start, summary
 
 
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def on_device(data: BlobData, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_val, data.y_val))
 
@@ -65,7 +77,8 @@ def on_device(data: BlobData, device: torch.device) -> tuple[torch.Tensor, ...]:
 def tutorial_case(name: str, accelerator: str, device: torch.device, root: str, repeats: int) -> dict:
     plain_times, trainer_times = [], []
     for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
-        plain = fit_tutorial(name, *on_device(BlobData(), device), epochs=10_000)
+        with one_cpu_thread():  # as the Trainer path runs these small batches (data.py)
+            plain = fit_tutorial(name, *on_device(BlobData(), device), epochs=10_000)
         plain_times.append(plain.seconds)
         seconds, summary = trainer_run(TUTORIAL_MODELS[name], name, accelerator, root, BlobData(epochs=10_000))
         trainer_times.append(seconds)
@@ -136,17 +149,12 @@ def seeds_case(copies: int, epochs: int, accelerator: str, root: str, repeats: i
     }
 
 
-def print_seed_rows(rows: list[dict]) -> None:
-    columns = ["case", "device", "one_seed_s", "seeds_s", "ratio", "one_seed_final_loss", "seed_0_final_loss"]
-    cells = [columns] + [[_format(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    for line in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+SEED_COLUMNS = ["case", "device", "one_seed_s", "seeds_s", "ratio", "one_seed_final_loss", "seed_0_final_loss"]
+COLUMNS = ["case", "device", "plain_s", "trainer_s", "ratio", "trainer_us_per_epoch", "plain_final_loss",
+           "trainer_final_loss"]  # fmt: skip
 
 
-def print_table(rows: list[dict]) -> None:
-    columns = ["case", "device", "plain_s", "trainer_s", "ratio", "trainer_us_per_epoch", "plain_final_loss",
-               "trainer_final_loss"]  # fmt: skip
+def print_table(rows: list[dict], columns: list[str] = COLUMNS) -> None:
     cells = [columns] + [[_format(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
@@ -191,7 +199,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         seed_rows = [seeds_case(copies, epochs, args.accelerator, root, args.repeats)]
     print()
-    print_seed_rows(seed_rows)
+    print_table(seed_rows, SEED_COLUMNS)
     rows += seed_rows
     output = Path(args.output or f"lightning_logs/benchmark-{args.accelerator}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,13 @@ def one_thread() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_loops_on_one_thread() -> Iterator[None]:
+    """The tests' plain loops too (the Trainer path already picks one thread for small batches)."""
+    with single_thread():
+        yield
+
+
 def train(tmp_path: Path, *args: str) -> dict[str, dict]:
     """Run the main command in-process with its logs under tmp_path; returns summaries by model."""
     assert main(["--default_root_dir", str(tmp_path), "--enable_progress_bar", "false", *args]) == 0

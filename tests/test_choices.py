@@ -41,6 +41,7 @@ def test_mlp_defaults_are_the_tutorials_network_with_logits():
     scratch, _ = tutorial_network("scratch", logits=True)  # randn / sqrt(2) after torch.manual_seed(0)
     x = torch.randn(8, 2)
     assert torch.allclose(model(x), scratch(x))
+    assert [type(layer).__name__ for layer in MLP(hidden=[]).net] == ["Linear"]  # a linear classifier
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu"])

@@ -67,3 +67,13 @@ def test_a_wrong_file_or_class_is_one_line(tmp_path, capsys, name):
     assert main(["--model", str(tmp_path / name), "--default_root_dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and name.split(":")[0] in error
+
+
+def test_an_optimizer_for_a_module_that_takes_none_is_one_line(tmp_path, capsys):
+    (tmp_path / "fixed.py").write_text(
+        "import lightning as L\n\n\nclass Fixed(L.LightningModule):\n    def __init__(self, lr: float = 0.1):\n"
+        "        super().__init__()\n"
+    )
+    args = ["--model", f"{tmp_path / 'fixed.py'}:Fixed", "--optimizer", "Adam", "--default_root_dir", str(tmp_path)]
+    assert main(args) == 2
+    assert "--optimizer: Fixed's constructor takes no optimizer argument" in capsys.readouterr().err

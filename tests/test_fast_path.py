@@ -27,3 +27,11 @@ def test_chunks_count_epochs_and_steps_like_a_plain_loop():
     assert model.history["epoch"] == 2499
     model, trainer = fit_lightning("linear", epochs=20, epochs_per_step=10, batch_size=100)
     assert trainer.global_step == 20 * 8
+
+
+def test_early_stopping_on_val_loss_stops_between_chunks(tmp_path):
+    from tests.conftest import train
+
+    options = ["--callbacks", "EarlyStopping", "--callbacks.monitor", "val/loss", "--callbacks.patience", "1"]
+    summary = train(tmp_path, "--model", "linear", "--epochs", "3000", *options, "--callbacks.min_delta", "0.5")
+    assert summary["linear"]["epochs"] == 2000  # the second chunk did not improve val/loss by 0.5

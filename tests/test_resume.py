@@ -16,7 +16,13 @@ import yaml
 from mlnet_lightning.cli import main
 from mlnet_lightning.inference import evaluate_main
 from tests.conftest import ONE_THREAD_ENV, ROOT, train
-from tests.test_tutorial import read_scalars
+from tests.test_tutorial import read_scalars as read_all_scalars
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The curves: every scalar but the HPARAMS metrics, which each session writes once."""
+    return {tag: points for tag, points in read_all_scalars(run_dir).items() if not tag.startswith("hp/")}
+
 
 # 60 Lightning steps of 10 epochs, 3 shuffled mini-batches an epoch: the shuffling, the optimizer's
 # state and Lightning's own step count (it logs every 50 steps) all have to survive an interruption.
