@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlnet_lightning.data import EpochChunk
+
+
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run the tutorial's small batches on one CPU thread, as the Trainer path does (data.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass

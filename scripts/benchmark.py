@@ -16,15 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlnet_lightning.baseline import fit_plain, fit_tutorial
+from mlnet_lightning.baseline import fit_plain, fit_tutorial, one_cpu_thread
 from mlnet_lightning.cli import _quiet_lightning, build_parser, train_one
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
@@ -57,16 +55,6 @@ def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobD
     start = time.perf_counter()
     summary = train_one(name, model_class, config, parser, data=data)
     return time.perf_counter() - start, summary
-
-
-@contextmanager
-def one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def on_device(data: BlobData, device: torch.device) -> tuple[torch.Tensor, ...]:

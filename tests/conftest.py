@@ -3,12 +3,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
+from mlnet_lightning.baseline import one_cpu_thread
 from mlnet_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,26 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    with single_thread():
+    with one_cpu_thread():
         yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def plain_loops_on_one_thread() -> Iterator[None]:
     """The tests' plain loops too (the Trainer path already picks one thread for small batches)."""
-    with single_thread():
+    with one_cpu_thread():
         yield
 
 
@@ -65,6 +54,6 @@ def tutorial_runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
 def linear_run(tmp_path_factory) -> Path:
     """The folder of a short linear run: 200 epochs, a checkpoint every 100."""
     root = tmp_path_factory.mktemp("linear_run")
-    with single_thread():
+    with one_cpu_thread():
         train(root, "--model", "linear", "--epochs", "200", "--data.epochs_per_step", "100")
     return root / "linear" / "version_0"
