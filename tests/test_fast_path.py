@@ -35,3 +35,8 @@ def test_early_stopping_on_val_loss_stops_between_chunks(tmp_path):
     options = ["--callbacks", "EarlyStopping", "--callbacks.monitor", "val/loss", "--callbacks.patience", "1"]
     summary = train(tmp_path, "--model", "linear", "--epochs", "3000", *options, "--callbacks.min_delta", "0.5")
     assert summary["linear"]["epochs"] == 2000  # the second chunk did not improve val/loss by 0.5
+
+
+def test_callbacks_see_torchmetrics_train_accuracy_equal_to_the_curve():
+    model, trainer = fit_lightning("sequential", epochs=300, epochs_per_step=100)
+    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(model.history["train/acc"], abs=1e-7)

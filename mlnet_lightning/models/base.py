@@ -67,6 +67,7 @@ class TutorialModule(L.LightningModule):
         self.automatic_optimization = False
         self.direct_steps = False
         self._replayer: ReplayedEpochs | None = None
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
         self.history: dict[str, float] = {}  # first and latest values of the logged series
@@ -181,7 +182,10 @@ class TutorialModule(L.LightningModule):
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
         # the loggers: log_points wrote these, and Lightning would add points at its own step count.
-        metrics = {"train/loss": train[0, -1], "train/acc": train[1, -1], "epoch": float(chunk.epochs[-1])}
+        # torchmetrics scores the stage (the chunk's last epoch, over every process) for them.
+        self.train_acc.update(predictions[-1], targets[-1])
+        metrics = {"train/loss": train[0, -1], "train/acc": self.train_acc.compute(), "epoch": float(chunk.epochs[-1])}
+        self.train_acc.reset()
         self.log_dict(metrics, logger=False)
 
     def mean_over_processes(self, means: Tensor, count: int) -> Tensor:
