@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mlnet_lightning.data import EpochChunk
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
+from mlnet_lightning.models.base import count_trainer_steps
 
 # Elementwise activations: they apply to class-planar tensors unchanged.
 ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
@@ -213,10 +214,8 @@ class StackedCopies(L.LightningModule):
         self.record(chunk.epochs, {"train/loss": losses, "train/acc": accuracies})
         for epoch, (val_losses, val_accuracies) in validations:
             self.record([epoch], {"val/loss": val_losses[None], "val/acc": val_accuracies[None]})
-        # No optimizer counts the steps, which checkpointing and loggers read (as TutorialModule.count_steps).
-        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
-        steps.ready += len(chunk.epochs) * chunk.batches_per_epoch
-        steps.completed += len(chunk.epochs) * chunk.batches_per_epoch
+        # No optimizer counts the steps, which checkpointing and loggers read.
+        count_trainer_steps(self.trainer, len(chunk.epochs) * chunk.batches_per_epoch)
         means = {"train/loss": losses[-1].mean(), "train/acc": accuracies[-1].mean()}
         self.log_dict({**means, "epoch": float(chunk.epochs[-1])}, logger=False)  # for callbacks
 

@@ -22,6 +22,13 @@ class TrainingDiverged(ArithmeticError):
     """The training loss became NaN or infinite: the run stops rather than train on garbage."""
 
 
+def count_trainer_steps(trainer: L.Trainer, steps: int) -> None:
+    """Add optimizer steps taken outside LightningOptimizer to trainer.global_step."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
+    progress.ready += steps
+    progress.completed += steps
+
+
 class TutorialModule(L.LightningModule):
     """Base of the networks: a subclass makes its parameters and writes `forward`.
 
@@ -220,9 +227,7 @@ class TutorialModule(L.LightningModule):
         """Stepping without LightningOptimizer leaves trainer.global_step, which checkpointing and
         loggers read, uncounted; count the chunk's steps at once."""
         if self.direct_steps or not self.trainer.optimizers:
-            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
-            progress.ready += steps
-            progress.completed += steps
+            count_trainer_steps(self.trainer, steps)
 
     def validation_step(self, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
