@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from mlnet_lightning.data import EpochChunk
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
 from mlnet_lightning.models.base import count_trainer_steps
+from mlnet_lightning.points import log_points
 
 # Elementwise activations: they apply to class-planar tensors unchanged.
 ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
@@ -237,11 +238,11 @@ class StackedCopies(L.LightningModule):
         the histogram of the copies' values; keep each copy's latest values."""
         labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
         blocks = {name: values.view(len(epochs), len(labels), -1) for name, values in series.items()}
-        means = {name: values.mean(-1).tolist() for name, values in blocks.items()}
-        for i, epoch in enumerate(epochs):
-            point = {f"{name}_mean{label}": means[name][i][g] for name in means for g, label in enumerate(labels)}
-            for logger in self.loggers:
-                logger.log_metrics(point, step=epoch)
+        means = {name: values.mean(-1) for name, values in blocks.items()}
+        columns = {
+            f"{name}_mean{label}": means[name][:, g].tolist() for name in means for g, label in enumerate(labels)
+        }
+        log_points(self.loggers, epochs, columns)
         if "val/acc" in series:
             for logger in self.loggers:
                 if isinstance(logger, TensorBoardLogger):

@@ -11,11 +11,13 @@ from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlnet_lightning.data import EpochChunk
 from mlnet_lightning.models.epochs import EagerEpochs, ReplayedEpochs
+from mlnet_lightning.points import log_points
 
 
 class TrainingDiverged(ArithmeticError):
@@ -27,6 +29,31 @@ def count_trainer_steps(trainer: L.Trainer, steps: int) -> None:
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
     progress.ready += steps
     progress.completed += steps
+
+
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a step of `optimizer` is exactly p -= lr * grad: SGD without momentum, weight decay,
+    maximize or step hooks."""
+    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
+    return (
+        type(optimizer) is torch.optim.SGD
+        and not any(hooks)
+        and not (_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
+        and all(g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"] for g in optimizer.param_groups)
+    )
+
+
+@torch.no_grad()
+def descend(optimizer: torch.optim.SGD) -> None:
+    """A plain SGD step and zero_grad() as one foreach kernel per parameter group, bitwise equal to
+    optimizer.step() (which adds -lr * grad tensor by tensor): a fifth of an epoch of these networks
+    is SGD.step's own bookkeeping (measured: 345 against 410 us an epoch for `sequential`)."""
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+        for p in params:
+            p.grad = None
 
 
 class TutorialModule(L.LightningModule):
@@ -73,6 +100,7 @@ class TutorialModule(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.direct_steps = False
+        self.descends = False  # steps a plain SGD optimizer with `descend`
         self._replayer: ReplayedEpochs | None = None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -93,6 +121,9 @@ class TutorialModule(L.LightningModule):
 
     def update(self) -> None:
         """Apply and clear the gradients."""
+        if self.descends:
+            descend(self.trainer.optimizers[0])
+            return
         optimizer = self.trainer.optimizers[0] if self.direct_steps else self.optimizers()
         optimizer.step()
         optimizer.zero_grad()
@@ -109,26 +140,33 @@ class TutorialModule(L.LightningModule):
         # these networks; they are needed only to scale gradients or to synchronise processes.
         trainer = self.trainer
         self.direct_steps = trainer.world_size == 1 and getattr(trainer.precision_plugin, "scaler", None) is None
+        # A scheduler expects optimizer.step() to be called (it warns otherwise).
+        self.descends = (
+            self.direct_steps
+            and len(trainer.optimizers) == 1
+            and not trainer.lr_scheduler_configs
+            and is_plain_sgd(trainer.optimizers[0])
+        )
         # Moving a module to a device turns raw tensors (buffers that require grad) into non-leaves.
         for tensor in self.buffers():
             if tensor.requires_grad and not tensor.is_leaf:
                 tensor.detach_().requires_grad_()
 
     def train_epoch(self, chunk: EpochChunk, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """One pass over the training data; returns its mean loss, predicted classes and targets."""
-        losses, predictions, targets = [], [], []
+        """One pass over the training data; returns its mean loss, the outputs and their targets."""
+        losses, outputs, targets = [], [], []
         for x, y in chunk.batches(chunk.order(epoch)):
             output = self(x)
             loss = self.loss(output, y)
             self.backpropagate(loss)
             self.update()
             losses.append(loss.detach())
-            predictions.append(output.detach().argmax(-1))
+            outputs.append(output.detach())
             targets.append(y)
         if len(losses) == 1:
-            return losses[0], predictions[0], targets[0]
+            return losses[0], outputs[0], targets[0]
         sizes = torch.tensor([len(y) for y in targets], device=self.device)
-        return (torch.stack(losses) * sizes).sum() / sizes.sum(), torch.cat(predictions), torch.cat(targets)
+        return (torch.stack(losses) * sizes).sum() / sizes.sum(), torch.cat(outputs), torch.cat(targets)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,10 +202,10 @@ class TutorialModule(L.LightningModule):
         val_epochs, val_results, rates = [], [], []
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler if self.trainer.lr_scheduler_configs else None
         for epoch in chunk.epochs:
-            runner.train(epoch)
+            loss = runner.train(epoch)
             if scheduler is not None:  # never replayed: a captured graph holds its learning rate fixed
                 rates.append(scheduler.optimizer.param_groups[0]["lr"])  # the rate this epoch trained at
-                self.step_lr_scheduler(scheduler, runner.losses[-1])
+                self.step_lr_scheduler(scheduler, loss)
             if chunk.validates_inside(epoch):
                 val_epochs.append(epoch)
                 val_results.append(self.evaluate(*chunk.val))
@@ -180,12 +218,12 @@ class TutorialModule(L.LightningModule):
         train_series = {"train/loss": train[0], "train/acc": train[1]}
         if rates:
             train_series["train/lr"] = torch.tensor(rates)
-        self.log_points(chunk.epochs, train_series)
+        self.log_series(chunk.epochs, train_series)
         if val_epochs:
             val_losses, val_predictions = zip(*val_results)
             val = torch.stack([torch.stack(val_losses), torch.stack(val_predictions).eq(chunk.val[1]).float().mean(-1)])
             val = self.mean_over_processes(val, len(chunk.val[1]))
-            self.log_points(val_epochs, {"val/loss": val[0], "val/acc": val[1]})
+            self.log_series(val_epochs, {"val/loss": val[0], "val/acc": val[1]})
         self.count_steps(len(chunk.epochs) * chunk.batches_per_epoch)
         # Callbacks see data epochs too: checkpoints are named after the last epoch trained. Not for
         # the loggers: log_points wrote these, and Lightning would add points at its own step count.
@@ -243,15 +281,12 @@ class TutorialModule(L.LightningModule):
         # values over DDP processes; sync_dist averages equal values and tells Lightning so.
         self.log_dict(metrics, logger=False, sync_dist=True)
         if not self.trainer.sanity_checking and "epoch" in self.history:
-            self.log_points([int(self.history["epoch"])], {k: v.view(1) for k, v in metrics.items()})
+            self.log_series([int(self.history["epoch"])], {k: v.view(1) for k, v in metrics.items()})
 
-    def log_points(self, epochs: Sequence[int], series: dict[str, Tensor]) -> None:
+    def log_series(self, epochs: Sequence[int], series: dict[str, Tensor]) -> None:
         """Write one point per epoch of each series to every logger, with one device sync."""
         columns = {name: values.tolist() for name, values in series.items()}
-        for i, epoch in enumerate(epochs):
-            point = {name: column[i] for name, column in columns.items()}
-            for logger in self.loggers:
-                logger.log_metrics(point, step=epoch)
+        log_points(self.loggers, epochs, columns)
         if epochs[0] == 0 and "train/loss" in columns:
             self.history["initial_loss"] = columns["train/loss"][0]
         self.history.update({name: column[-1] for name, column in columns.items()})
