@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ def epochs_done(trainer: L.Trainer, module: L.LightningModule, in_epoch_end: boo
 class EpochProgressBar(ProgressBar):
     """One bar per run counting data epochs, with the latest loss and accuracies."""
 
-    def __init__(self) -> None:
+    def __init__(self, make_bar: Callable[..., tqdm] = tqdm) -> None:
+        """`make_bar` makes the bar from tqdm's options (a worker of --jobs sends them to its parent)."""
         super().__init__()
+        self.make_bar = make_bar
         self.bar: tqdm | None = None
         self._enabled = True
 
@@ -41,7 +44,7 @@ class EpochProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
             total = getattr(trainer.datamodule, "epochs", trainer.max_epochs)
-            self.bar = tqdm(total=total, desc=type(pl_module).__name__, unit="epoch", dynamic_ncols=True)
+            self.bar = self.make_bar(total=total, desc=type(pl_module).__name__, unit="epoch", dynamic_ncols=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is None:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,14 @@ from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, i
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LRScheduler
+from tqdm.auto import tqdm
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
 from mlnet_lightning.checkpoints import LOGGER_OPTIONS, Resume, RunCheckpoint, plan_resume
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
+from mlnet_lightning.parallel import auto_jobs, train_in_parallel
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
@@ -95,6 +98,13 @@ def build_parser() -> LightningArgumentParser:
     )
     parser.add_argument(
         "--lrs", type=str | None, default=None, help="train a copy at each of these rates at once, e.g. 0.05,0.1,0.2"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=PositiveInt | None,
+        default=None,
+        help="networks trained at once, one single-threaded process each (default: all of them when training on "
+        "a CPU with several cores, else 1)",
     )
     parser.add_argument(
         "--pictures",
@@ -207,9 +217,10 @@ def train_one(
     parser: LightningArgumentParser,
     run_name: str | None = None,
     data: ClassificationData | None = None,
+    make_bar: Callable[..., Any] = tqdm,
 ) -> dict[str, Any]:
     """Fit one network, logging under `run_name` (default: the network's name), on the configured
-    data unless given; returns its summary."""
+    data unless given, its progress bar made by `make_bar`; returns its summary."""
     data = data or build_data(config)
     torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
@@ -224,7 +235,7 @@ def train_one(
     chosen_callbacks = [instantiate_class((), c.as_dict()) for c in trainer_options.pop("callbacks") or []]
     callbacks = [summary, stop, RunCheckpoint(), *chosen_callbacks]
     if trainer_options["enable_progress_bar"] is not False:
-        callbacks.append(EpochProgressBar())
+        callbacks.append(EpochProgressBar(make_bar))
     # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
     # because Lightning's save_last only rewrites it at steps where val/acc has improved.
     latest = ModelCheckpoint(filename="last", enable_version_counter=False)  # no monitor: keeps the newest
@@ -365,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries: list[dict[str, Any]] = []
     try:
         config, models = parse(parser, argv)
-        for name, model_class in models:
+        jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
+        if jobs > 1:
+            train_in_parallel(train_one, models, config, parser, jobs, summaries)
+        for name, model_class in models if jobs == 1 else []:
             summaries.append(train_one(name, model_class, config, parser))
     except (ArgumentError, UsageError, ValueError) as error:
         print_error("train.py", error)
@@ -374,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         print_error("train.py", f"training diverged: {error}")
         return 1
     except RunInterrupted as interrupted:
-        print(format_table([*summaries, interrupted.summary], config.logits))
+        runs = [*summaries, interrupted.summary] if interrupted.summary else summaries
+        if runs:
+            print(format_table(runs, config.logits))
         if interrupted.checkpoint:
             advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
         else:

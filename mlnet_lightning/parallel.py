@@ -1,0 +1,144 @@
+"""Several networks trained at once, one process each (`--jobs`): a tutorial network keeps one CPU core
+busy, so `--model all` on a 2-core machine trains on both. The workers are forked after start-up (the
+imports take seconds) and send their progress to this process, which alone draws the bars."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser
+from tqdm.auto import tqdm
+
+from mlnet_lightning.callbacks import RunInterrupted
+
+TrainOne = Callable[..., dict[str, Any]]
+
+
+def auto_jobs(config: Namespace, networks: int) -> int:
+    """Processes when `--jobs` is unset: every network at once where each trains on one CPU device and
+    the machine has several cores; one otherwise (a GPU, DDP, one core, or a system without fork).
+
+    A worker runs one torch thread, so more workers than cores only share the cores out evenly: five
+    networks on two cores end sooner at once (the last is not left alone on one core) than two by two."""
+    on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
+    one_device = config.strategy == "auto" and str(config.devices) in ("auto", "1") and config.num_nodes == 1
+    if not (on_cpu and one_device) or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return networks if (os.cpu_count() or 1) > 1 else 1
+
+
+class RemoteBar:
+    """Stands in for a worker's tqdm bar: forwards what it shows to the parent process."""
+
+    def __init__(self, updates: multiprocessing.Queue, slot: int, **options: Any) -> None:
+        self.updates, self.slot, self.n, self.postfix = updates, slot, 0, {}
+        updates.put(("open", slot, options))
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = True) -> None:
+        self.postfix = postfix
+
+    def refresh(self) -> None:
+        self.updates.put(("show", self.slot, (self.n, self.postfix)))
+
+    def close(self) -> None:
+        self.updates.put(("close", self.slot, None))
+
+
+def _worker(train_one: TrainOne, updates: multiprocessing.Queue, slot: int, jobs: int, args: tuple) -> None:
+    # The cores are shared out among the workers.
+    torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
+    try:
+        summary = train_one(*args, make_bar=lambda **bar: RemoteBar(updates, slot, **bar))
+        updates.put(("done", slot, summary))
+    except (RunInterrupted, KeyboardInterrupt) as stop:
+        updates.put(("stopped", slot, (getattr(stop, "summary", {}), getattr(stop, "checkpoint", ""))))
+    except Exception as error:  # noqa: BLE001 - every failure goes back to the parent, which reports it
+        try:
+            pickle.dumps(error)
+        except Exception:  # noqa: BLE001
+            error = RuntimeError("".join(traceback.format_exception(error)))
+        updates.put(("failed", slot, error))
+
+
+def train_in_parallel(
+    train_one: TrainOne,
+    networks: list[tuple[str, type[L.LightningModule]]],
+    config: Namespace,
+    parser: LightningArgumentParser,
+    jobs: int,
+    summaries: list[dict[str, Any]],
+) -> None:
+    """Train `networks` with `train_one`, `jobs` at a time, appending their summaries in the networks'
+    order. After a failure or Ctrl-C no new network starts; the running ones finish (after Ctrl-C, they
+    stop at their next checkpoint, as a single run does), then the first error is raised."""
+    context = multiprocessing.get_context("fork")
+    updates = context.Queue()
+    waiting = list(enumerate(networks))
+    running: dict[int, tuple[str, multiprocessing.Process]] = {}
+    results: dict[int, dict[str, Any]] = {}
+    stopped: dict[int, tuple[dict[str, Any], str]] = {}  # summary so far (empty if none) and checkpoint
+    failures: list[Exception] = []
+    bars: dict[int, tqdm] = {}
+    interrupted = False
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True  # the workers got the same Ctrl-C, and stop on their own
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs and not (failures or stopped or interrupted):
+                slot, (name, model_class) = waiting.pop(0)
+                process = context.Process(
+                    target=_worker, args=(train_one, updates, slot, jobs, (name, model_class, config, parser))
+                )
+                process.start()
+                running[slot] = name, process
+            if not running:
+                break
+            try:
+                kind, slot, payload = updates.get(timeout=1)
+            except queue.Empty:  # a worker that died without a word (killed, out of memory) is a failure
+                for slot, (name, process) in list(running.items()):
+                    if not process.is_alive():
+                        running.pop(slot)
+                        failures.append(RuntimeError(f"{name}: its process ended with status {process.exitcode}"))
+                continue
+            if kind == "open":
+                bars[slot] = tqdm(position=slot, **payload)
+            elif kind == "show":
+                bars[slot].n, postfix = payload
+                bars[slot].set_postfix(postfix, refresh=False)
+                bars[slot].refresh()
+            elif kind == "close":
+                bars.pop(slot).close()
+            else:
+                running.pop(slot)[1].join()
+                if kind == "done":
+                    results[slot] = payload
+                elif kind == "stopped":
+                    stopped[slot] = payload
+                else:
+                    failures.append(payload)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        for bar in bars.values():
+            bar.close()
+    runs = results | {slot: summary for slot, (summary, _) in stopped.items() if summary}
+    summaries += [runs[slot] for slot in sorted(runs)]
+    if failures:
+        raise failures[0]
+    checkpoints = [checkpoint for _, checkpoint in stopped.values() if checkpoint]
+    if stopped or interrupted:
+        raise RunInterrupted(checkpoint=checkpoints[-1] if checkpoints else "")  # its runs are in `summaries`
