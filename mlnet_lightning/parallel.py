@@ -9,6 +9,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -115,14 +116,17 @@ def train_in_parallel(
                         running.pop(slot)
                         failures.append(RuntimeError(f"{name}: its process ended with status {process.exitcode}"))
                 continue
-            if kind == "open":
-                bars[slot] = tqdm(position=slot, **payload)
+            if kind == "open":  # running networks' bars share the lines below the finished ones
+                bars[slot] = tqdm(**payload, leave=False)
             elif kind == "show":
                 bars[slot].n, postfix = payload
                 bars[slot].set_postfix(postfix, refresh=False)
                 bars[slot].refresh()
             elif kind == "close":
-                bars.pop(slot).close()
+                bar = bars.pop(slot)
+                finished = str(bar)
+                bar.close()
+                tqdm.write(finished, file=sys.stderr)  # stays, above the running bars
             else:
                 running.pop(slot)[1].join()
                 if kind == "done":
