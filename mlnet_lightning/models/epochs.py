@@ -69,12 +69,9 @@ class ReplayedEpochs:
 
     def step(self) -> None:
         """One epoch, recorded at the device-side index (this is what the graph captures)."""
-        output = self.module(self.x)
-        loss = self.module.loss(output, self.y)
-        self.module.backpropagate(loss)
-        self.module.update()
-        self.losses.index_copy_(0, self.index, loss.detach().view(1))
-        self.predictions.index_copy_(0, self.index, output.detach().argmax(-1).view(1, -1))
+        loss, output, _ = self.module.train_batch(self.x, self.y)
+        self.losses.index_copy_(0, self.index, loss.view(1))
+        self.predictions.index_copy_(0, self.index, output.argmax(-1).view(1, -1))
         self.index += 1
 
     def train(self, epoch: int) -> Tensor:
