@@ -35,7 +35,7 @@ from mlnet_lightning.checkpoints import LOGGER_OPTIONS, Resume, RunCheckpoint, p
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
-from mlnet_lightning.parallel import auto_jobs, train_in_parallel
+from mlnet_lightning.parallel import auto_jobs, can_train_in_parallel, train_in_parallel
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
@@ -333,6 +333,11 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
     if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
         raise UsageError("--mlp options apply to --model mlp only")
+    if (config.jobs or 1) > 1 and not can_train_in_parallel(config):
+        raise UsageError(
+            f"--jobs {config.jobs}: networks train in parallel on the CPU only, one device each "
+            "(leave out --jobs with --accelerator gpu, --devices or --strategy)"
+        )
     if config.ckpt_path not in (None, "last") and len(models) > 1:
         raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
     check_writable(config.default_root_dir)

@@ -25,17 +25,21 @@ from mlnet_lightning.callbacks import RunInterrupted
 TrainOne = Callable[..., dict[str, Any]]
 
 
+def can_train_in_parallel(config: Namespace) -> bool:
+    """Whether each network trains on one CPU device, in a worker this system can fork (workers forked
+    after CUDA started could not use it)."""
+    on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
+    one_device = config.strategy == "auto" and str(config.devices) in ("auto", "1") and config.num_nodes == 1
+    return on_cpu and one_device and "fork" in multiprocessing.get_all_start_methods()
+
+
 def auto_jobs(config: Namespace, networks: int) -> int:
-    """Processes when `--jobs` is unset: every network at once where each trains on one CPU device and
-    the machine has several cores; one otherwise (a GPU, DDP, one core, or a system without fork).
+    """Processes when `--jobs` is unset: every network at once where they can train in parallel and the
+    machine has several cores; one otherwise.
 
     A worker runs one torch thread, so more workers than cores only share the cores out evenly: five
     networks on two cores end sooner at once (the last is not left alone on one core) than two by two."""
-    on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
-    one_device = config.strategy == "auto" and str(config.devices) in ("auto", "1") and config.num_nodes == 1
-    if not (on_cpu and one_device) or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return networks if (os.cpu_count() or 1) > 1 else 1
+    return networks if can_train_in_parallel(config) and (os.cpu_count() or 1) > 1 else 1
 
 
 class RemoteBar:

@@ -40,6 +40,8 @@ CASES = [
     ("train.py", ["--epochs", "-5"], ["epochs", "-5"]),
     pytest.param("train.py", ["--accelerator", "gpu"], ["--accelerator gpu", "no CUDA GPU"], marks=NO_GPU),
     ("train.py", ["--accelerator", "cpu", "--devices", "999"], ["--devices 999", "CPU cores"]),
+    ("train.py", ["--jobs", "2", "--devices", "2"], ["--jobs 2", "CPU only"]),
+    ("train.py", ["--jobs", "0"], ["jobs", "0"]),
     ("train.py", ["--default_root_dir", "{a_file}/logs"], ["cannot write to the log folder", "{a_file}/logs"]),
     # train.py: resuming
     ("train.py", ["--model", "linear", "--ckpt_path", "{missing}"], ["{missing}", "does not exist"]),
