@@ -18,25 +18,22 @@ class EagerEpochs:
 
     def __init__(self, module: TutorialModule, chunk: EpochChunk) -> None:
         self.module, self.chunk = module, chunk
-        self.buffers: list[Tensor] = []
-        self.count = 0
+        self.losses: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+        self.targets: list[Tensor] = []
 
     def train(self, epoch: int) -> Tensor:
         """Train `epoch`; returns its loss."""
-        results = self.module.train_epoch(self.chunk, epoch)
-        if not self.buffers:
-            self.buffers = [value.new_empty(len(self.chunk.epochs), *value.shape) for value in results]
-        # Copied into buffers: a thousand small tensors kept from a thousand epochs fragment the heap,
-        # and freeing them cost ~30 us each on CPU (glibc returns memory to the system free by free).
-        for buffer, value in zip(self.buffers, results):
-            buffer[self.count] = value
-        self.count += 1
-        return results[0]
+        loss, output, target = self.module.train_epoch(self.chunk, epoch)
+        self.losses.append(loss)
+        self.outputs.append(output)
+        self.targets.append(target)
+        return loss
 
     def results(self) -> tuple[Tensor, Tensor, Tensor]:
         """Per-epoch losses (K,), predicted classes (K, N) and their targets (K, N)."""
-        losses, outputs, targets = (buffer[: self.count] for buffer in self.buffers)
-        return losses, outputs.argmax(-1), targets  # one argmax for the chunk costs less than one an epoch
+        # One argmax over the chunk's outputs costs less than one an epoch.
+        return torch.stack(self.losses), torch.stack(self.outputs).argmax(-1), torch.stack(self.targets)
 
 
 class ReplayedEpochs:
