@@ -35,7 +35,7 @@ from mlnet_lightning.checkpoints import LOGGER_OPTIONS, Resume, RunCheckpoint, p
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
-from mlnet_lightning.parallel import auto_jobs, can_train_in_parallel, train_in_parallel
+from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_parallel, train_in_parallel
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingDiverged as error:
         print_error("train.py", f"training diverged: {error}")
+        return 1
+    except WorkerDied as error:
+        print_error("train.py", error)
         return 1
     except RunInterrupted as interrupted:
         runs = [*summaries, interrupted.summary] if interrupted.summary else summaries

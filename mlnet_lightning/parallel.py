@@ -59,7 +59,13 @@ class RemoteBar:
         self.updates.put(("close", self.slot, None))
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without reporting (killed, out of memory)."""
+
+
 def _worker(train_one: TrainOne, updates: multiprocessing.Queue, slot: int, jobs: int, args: tuple) -> None:
+    # Ctrl-C before the fit starts interrupts at once (the parent's handler came with the fork).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # The cores are shared out among the workers.
     torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
     try:
@@ -102,7 +108,7 @@ def train_in_parallel(
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        while waiting or running:
+        while running or (waiting and not (failures or stopped or interrupted)):
             while waiting and len(running) < jobs and not (failures or stopped or interrupted):
                 slot, (name, model_class) = waiting.pop(0)
                 process = context.Process(
@@ -110,15 +116,14 @@ def train_in_parallel(
                 )
                 process.start()
                 running[slot] = name, process
-            if not running:
-                break
+            # A worker reports before it ends, so one that ended unreported died (killed, out of memory).
+            for slot, (name, process) in list(running.items()):
+                if process.exitcode not in (None, 0):
+                    running.pop(slot)
+                    failures.append(WorkerDied(f"{name}: its worker process died (exit status {process.exitcode})"))
             try:
                 kind, slot, payload = updates.get(timeout=1)
-            except queue.Empty:  # a worker that died without a word (killed, out of memory) is a failure
-                for slot, (name, process) in list(running.items()):
-                    if not process.is_alive():
-                        running.pop(slot)
-                        failures.append(RuntimeError(f"{name}: its process ended with status {process.exitcode}"))
+            except queue.Empty:
                 continue
             if kind == "open":  # running networks' bars share the lines below the finished ones
                 bars[slot] = tqdm(**payload, leave=False)
@@ -132,7 +137,8 @@ def train_in_parallel(
                 bar.close()
                 tqdm.write(finished, file=sys.stderr)  # stays, above the running bars
             else:
-                running.pop(slot)[1].join()
+                if slot in running:  # else already reported dead
+                    running.pop(slot)[1].join()
                 if kind == "done":
                     results[slot] = payload
                 elif kind == "stopped":

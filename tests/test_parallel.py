@@ -1,6 +1,7 @@
 """--jobs: networks trained at once in worker processes give the numbers they give one by one."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,18 +38,43 @@ def test_a_network_that_diverges_among_others_fails_in_one_line(tmp_path):
     assert failed.stderr.count("error:") == 1
 
 
-def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--epochs", "100000", "--jobs", "5"]
-    command += ["--data.epochs_per_step", "100", "--enable_progress_bar", "false", "--default_root_dir", str(tmp_path)]
-    run = subprocess.Popen(
+def start_long_run(root: Path, jobs: int) -> subprocess.Popen:
+    """train.py --model all for 100,000 epochs, in a process group of its own, to be signalled."""
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--epochs", "100000", "--jobs", str(jobs)]
+    command += ["--data.epochs_per_step", "100", "--enable_progress_bar", "false", "--default_root_dir", str(root)]
+    return subprocess.Popen(
         command, cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
-    lasts = [tmp_path / name / "version_0" / "checkpoints" / "last.ckpt" for name in TUTORIAL_MODELS]
-    wait_for(lambda: all(path.exists() for path in lasts), run)
+
+
+def last_checkpoint(root: Path, name: str) -> Path:
+    return root / name / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
+    run = start_long_run(tmp_path, jobs=5)
+    wait_for(lambda: all(last_checkpoint(tmp_path, name).exists() for name in TUTORIAL_MODELS), run)
     os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130
     assert "Traceback" not in stderr and "--ckpt_path last" in stderr
     assert [line.split()[0] for line in stdout.splitlines()[1:]] == list(TUTORIAL_MODELS)  # the table so far
     assert not list(Path(tmp_path).glob("*/version_0/summary.json"))  # none looks finished
+
+
+def test_a_killed_worker_fails_the_command_in_one_line(tmp_path):
+    run = start_long_run(tmp_path, jobs=2)
+    wait_for(lambda: last_checkpoint(tmp_path, "scratch").exists(), run)
+    first_worker = children(run.pid)[0]  # scratch's or functional's
+    os.kill(first_worker, signal.SIGKILL)  # as the system's out-of-memory killer would
+    wait_for(lambda: first_worker not in children(run.pid), run)
+    os.killpg(run.pid, signal.SIGINT)  # stops the other worker at its next checkpoint
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert re.search(r"(scratch|functional): its worker process died \(exit status -9\)", stderr)
+    assert "Traceback" not in stderr
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
