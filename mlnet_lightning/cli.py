@@ -384,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
         if jobs > 1:
             train_in_parallel(train_one, models, config, parser, jobs, summaries)
-        for name, model_class in models if jobs == 1 else []:
-            summaries.append(train_one(name, model_class, config, parser))
+        else:
+            for name, model_class in models:
+                summaries.append(train_one(name, model_class, config, parser))
     except (ArgumentError, UsageError, ValueError) as error:
         print_error("train.py", error)
         return 2
