@@ -106,10 +106,14 @@ def train_in_parallel(
         nonlocal interrupted
         interrupted = True  # the workers got the same Ctrl-C, and stop on their own
 
+    def halted() -> bool:
+        """No new network starts after a failure or Ctrl-C."""
+        return bool(failures or stopped or interrupted)
+
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        while running or (waiting and not (failures or stopped or interrupted)):
-            while waiting and len(running) < jobs and not (failures or stopped or interrupted):
+        while running or (waiting and not halted()):
+            while waiting and len(running) < jobs and not halted():
                 slot, (name, model_class) = waiting.pop(0)
                 process = context.Process(
                     target=_worker, args=(train_one, updates, slot, jobs, (name, model_class, config, parser))
