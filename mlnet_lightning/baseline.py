@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlnet_lightning.data import EpochChunk
+from mlnet_lightning.data import TensorBatches
 
 
 @contextmanager
@@ -104,11 +104,12 @@ def fit_plain(
 ) -> PlainRun:
     """A plain loop: without an optimizer, parameters step by hand (p -= lr * grad)."""
     run = PlainRun()
-    chunk = EpochChunk(x, y, range(epochs), batch_size, seed)  # only for its shuffled batch order
+    epoch = 0
+    batches = TensorBatches(x, y, batch_size, seed, lambda: epoch)  # only for its shuffled batch order
     start = time.perf_counter()
-    for epoch in chunk.epochs:
+    for epoch in range(epochs):  # noqa: B007 (read by `batches`)
         correct, total_loss = 0, 0.0
-        for xb, yb in chunk.batches(chunk.order(epoch)):
+        for xb, yb in batches:
             output = net(xb)
             loss = loss_fn(output, yb)
             loss.backward()

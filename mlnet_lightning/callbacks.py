@@ -1,4 +1,4 @@
-"""Callbacks that speak in data epochs: a progress bar, the run summary, and a clean Ctrl-C."""
+"""The command line's callbacks: a progress bar of epochs, the run summary, and a clean Ctrl-C."""
 
 from __future__ import annotations
 
@@ -17,16 +17,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
 
-def epochs_done(trainer: L.Trainer, module: L.LightningModule, in_epoch_end: bool = False) -> int:
-    """Passes over the training data so far (a fast module trains many per Lightning epoch)."""
-    history = getattr(module, "history", {})
-    if "epoch" in history:
-        return int(history["epoch"]) + 1
-    return trainer.current_epoch + int(in_epoch_end)  # the Trainer counts the epoch once it has ended
-
-
 class EpochProgressBar(ProgressBar):
-    """One bar per run counting data epochs, with the latest loss and accuracies."""
+    """One bar per run counting epochs, with the latest loss and accuracies (Lightning's own bar counts
+    the batches of each epoch: one here)."""
 
     def __init__(self, make_bar: Callable[..., tqdm] = tqdm) -> None:
         """`make_bar` makes the bar from tqdm's options (a worker of --jobs sends them to its parent)."""
@@ -43,20 +36,22 @@ class EpochProgressBar(ProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
-            total = getattr(trainer.datamodule, "epochs", trainer.max_epochs)
+            total = trainer.max_epochs if trainer.max_epochs >= 0 else None
             self.bar = self.make_bar(total=total, desc=type(pl_module).__name__, unit="epoch", dynamic_ncols=True)
+            self.bar.n = trainer.current_epoch  # a resumed run's bar starts where it stopped
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is None:
             return
-        self.bar.n = epochs_done(trainer, pl_module, in_epoch_end=True)
         shown = ("train/loss", "train/acc", "val/acc")
         metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k in shown}
         self.bar.set_postfix(metrics, refresh=False)
-        self.bar.refresh()
+        # Lightning counts the epoch once it has ended; tqdm redraws at most every 0.1 s.
+        self.bar.update(trainer.current_epoch + 1 - self.bar.n)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is not None:
+            self.bar.refresh()
             self.bar.close()
             self.bar = None
 
@@ -120,18 +115,27 @@ class RunSummary(L.Callback):
         self.summary: dict[str, Any] = {}
         self._start = 0.0
         self._earlier_seconds = 0.0  # fit time of the sessions before a resume
+        self.initial_loss: float | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    @torch.no_grad()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The loss before any update: epoch 0's loss, computed as that epoch computes it."""
+        data = trainer.datamodule
+        if trainer.current_epoch == 0 and hasattr(pl_module, "loss") and hasattr(data, "x_train"):
+            self.initial_loss = pl_module.loss(pl_module(data.x_train), data.y_train).mean().item()
+
     def fit_seconds(self) -> float:
         return self._earlier_seconds + time.perf_counter() - self._start
 
-    def state_dict(self) -> dict[str, float]:
-        return {"fit_seconds": self.fit_seconds()}
+    def state_dict(self) -> dict[str, Any]:
+        return {"fit_seconds": self.fit_seconds(), "initial_loss": self.initial_loss}
 
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._earlier_seconds = state_dict["fit_seconds"]
+        self.initial_loss = state_dict.get("initial_loss")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.summary = self.collect(trainer, pl_module)
@@ -145,18 +149,16 @@ class RunSummary(L.Callback):
         self.summary = self.collect(trainer, pl_module)
 
     def collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        # A plain LightningModule has no history: its last logged values stand in.
-        history = getattr(pl_module, "history", None) or {
-            name: float(value) for name, value in trainer.callback_metrics.items()
-        }
+        # The last epoch's numbers, and the last validation's.
+        latest = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         device = trainer.strategy.root_device
         return {
             "model": self.model_name,
-            "epochs": epochs_done(trainer, pl_module),
-            "initial_loss": history.get("initial_loss"),
-            "final_loss": history.get("train/loss"),
-            "train_acc": history.get("train/acc"),
-            "val_acc": history.get("val/acc"),
+            "epochs": trainer.current_epoch,
+            "initial_loss": self.initial_loss,
+            "final_loss": latest.get("train/loss"),
+            "train_acc": latest.get("train/acc"),
+            "val_acc": latest.get("val/acc"),
             "fit_seconds": round(self.fit_seconds(), 3),
             "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device),
             **getattr(pl_module, "extra_summary", {}),  # stacked copies: each copy's numbers, their spread

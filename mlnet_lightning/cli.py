@@ -40,8 +40,7 @@ from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
 
-# Trainer options that count Lightning's epochs and steps; --epochs and --val_every replace them.
-OWNED_TRAINER_OPTIONS = {"max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch", "logger"}
+TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
 MODEL_HELP = (
     f"network to train: {', '.join(MODELS)}, all (the tutorial's five in turn, as it does), "
     "or a LightningModule of your own: my_file.MyNet (importable from here) or path/to/my_file.py:MyNet"
@@ -75,7 +74,6 @@ def build_parser() -> LightningArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
-    parser.add_argument("--epochs", type=PositiveInt, default=10_000, help="passes over the training data")
     parser.add_argument(
         "--lr",
         type=PositiveFloat,
@@ -88,7 +86,20 @@ def build_parser() -> LightningArgumentParser:
         type=str | None,
         default=None,
         help="continue a run from a checkpoint: its path, or last for the newest run of each network "
-        "(checkpoints are written every --data.epochs_per_step epochs)",
+        "(last.ckpt is written every --checkpoint_every epochs)",
+    )
+    parser.add_argument(
+        "--checkpoint_every",
+        type=PositiveInt,
+        default=1000,
+        help="epochs between writes of the run's checkpoints/last.ckpt (the best by val/acc is kept at validations)",
+    )
+    parser.add_argument(
+        "--fast_path",
+        type=bool,
+        default=True,
+        help="train the full-batch epochs that nothing observes in bulk (false: Lightning's loop for every epoch; "
+        "the numbers are the same)",
     )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
@@ -112,17 +123,21 @@ def build_parser() -> LightningArgumentParser:
         default=True,
         help="draw the data, decision boundaries, confusion matrix and curves (TensorBoard and PNG files)",
     )
-    parser.add_subclass_arguments(
-        ClassificationData, "data", skip={"epochs"}, default={"class_path": "mlnet_lightning.data.BlobData"}
-    )
+    parser.add_subclass_arguments(ClassificationData, "data", default={"class_path": "mlnet_lightning.data.BlobData"})
     # The network options of --model mlp; the rest of its constructor comes from the options above.
     tutorial_options = set(inspect.signature(TutorialModule).parameters)
     parser.add_class_arguments(MLP, "mlp", skip=tutorial_options, instantiate=False)
     parser.add_optimizer_args()
     parser.add_lr_scheduler_args((LRScheduler,))
-    parser.add_class_arguments(L.Trainer, None, skip=OWNED_TRAINER_OPTIONS)
+    parser.add_class_arguments(L.Trainer, None)
     parser.set_defaults(
-        {"default_root_dir": "lightning_logs", "num_sanity_val_steps": 0, "enable_model_summary": False}
+        {
+            "max_epochs": 10_000,
+            "check_val_every_n_epoch": 100,
+            "default_root_dir": "lightning_logs",
+            "num_sanity_val_steps": 0,
+            "enable_model_summary": False,
+        }
     )
     return parser
 
@@ -157,9 +172,8 @@ def import_file(path: Path):
 
 
 def build_data(config: Namespace) -> ClassificationData:
-    """The data set chosen by --data, trained for --epochs."""
-    init_args = {**config.data.init_args, "epochs": int(config.epochs)}  # plain int: checkpoints load weights_only
-    return instantiate_class((), {"class_path": config.data.class_path, "init_args": init_args})
+    """The data set chosen by --data."""
+    return instantiate_class((), config.data.as_dict())
 
 
 def build_model(model_class: type[L.LightningModule], config: Namespace, data: ClassificationData):
@@ -224,36 +238,36 @@ def train_one(
     data = data or build_data(config)
     torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
-    fast = getattr(model, "trains_epoch_chunks", False)
-    trainer_options = {k: v for k, v in config.items(branches=True) if k in inspect.signature(L.Trainer).parameters}
+    if not config.fast_path:
+        model.fast_path = False
+    trainer_options = {k: v for k, v in config.items(branches=True) if k in TRAINER_OPTIONS}
     runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
     resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
     if config.ckpt_path and resume is None:
         print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
     stop = StopOnInterrupt()
     summary = RunSummary(name, stop)
-    chosen_callbacks = [instantiate_class((), c.as_dict()) for c in trainer_options.pop("callbacks") or []]
-    callbacks = [summary, stop, RunCheckpoint(), *chosen_callbacks]
+    callbacks = [summary, stop, RunCheckpoint(), *instantiate_all(trainer_options.pop("callbacks"))]
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar(make_bar))
-    # last.ckpt after every Lightning step, and the best by val/acc. A separate callback writes last.ckpt
-    # because Lightning's save_last only rewrites it at steps where val/acc has improved.
-    latest = ModelCheckpoint(filename="last", enable_version_counter=False)  # no monitor: keeps the newest
+    # last.ckpt every --checkpoint_every epochs, and the best by val/acc. A callback of its own writes
+    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved.
+    latest = ModelCheckpoint(filename="last", every_n_epochs=config.checkpoint_every, enable_version_counter=False)
     if trainer_options["enable_checkpointing"] is not False:
         callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
     run_config = config.clone()
     run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    run_options = {"epochs": config.epochs, "data": {"name": type(data).__name__, **data.hparams}}
+    run_options = {"data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
     callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
+    logger = trainer_options.pop("logger")
+    if logger in (None, True):
+        logger = run_logger(runs_dir, resume)
+    elif logger is not False:
+        logger = instantiate_all(logger)
     try:
-        trainer = L.Trainer(
-            **trainer_options,
-            max_epochs=data.lightning_epochs if fast else data.epochs,
-            logger=run_logger(runs_dir, resume),
-            callbacks=callbacks,
-        )
+        trainer = L.Trainer(**trainer_options, logger=logger, callbacks=callbacks)
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
     if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
@@ -272,9 +286,18 @@ def train_one(
     except TrainingDiverged as error:
         kept = latest.best_model_path  # with no monitor, the "best" is the newest
         raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
+    except MisconfigurationException as error:  # an option Lightning refuses for this network
+        raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
     if stop.requested:
         raise RunInterrupted(summary.summary, latest.best_model_path)
     return summary.summary
+
+
+def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
+    """Objects of the classes an option names (`--callbacks`, `--logger`): one, several or none."""
+    if classes is None:
+        return []
+    return [instantiate_class((), c.as_dict()) for c in (classes if isinstance(classes, list) else [classes])]
 
 
 def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:

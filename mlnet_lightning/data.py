@@ -10,56 +10,54 @@ from lightning.pytorch.utilities import rank_zero_warn
 from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 from torch import Tensor
+from torch.utils.data import TensorDataset
 
 
-class EpochChunk:
-    """Several training epochs handed to one `training_step` (the fast path of `TutorialModule`).
+def shuffled_order(size: int, seed: int, epoch: int) -> Tensor:
+    """The sample order of a mini-batch epoch: a pure function of seed and epoch, so that a resumed run
+    sees the same batches as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
 
-    Iterating over `epochs` and then `batches(order(epoch))` replays exactly what a plain loop does;
-    the validation data rides along for the validations that fall inside the chunk.
-    """
+
+class TensorBatches:
+    """A loader of (x, y) batches cut from tensors already on the device: what a DataLoader over a
+    TensorDataset yields, without collating a batch item by item (2.3 ms for the tutorial's 750 points).
+
+    Full batch (`batch_size` None or at least the number of points) yields the same tensors every epoch;
+    mini-batches are shuffled anew each epoch when `epoch` (the epoch being trained) is given."""
 
     def __init__(
         self,
         x: Tensor,
-        y: Tensor,
-        epochs: range,
+        y: Tensor | None,
         batch_size: int | None = None,
         seed: int = 0,
-        val: tuple[Tensor, Tensor] | None = None,
-        val_every: int = 0,
+        epoch: Callable[[], int] | None = None,
     ) -> None:
-        self.x, self.y, self.epochs = x, y, epochs
-        self.batch_size, self.seed = batch_size, seed
-        self.val, self.val_every = val, val_every
-
-    def validates_inside(self, epoch: int) -> bool:
-        """Whether `epoch` ends with a validation inside the chunk; the chunk's last epoch is
-        validated by the Trainer's own validation loop."""
-        return self.val_every > 0 and (epoch + 1) % self.val_every == 0 and epoch != self.epochs[-1]
+        self.x, self.y, self.seed, self.epoch = x, y, seed, epoch
+        self.batch_size = min(batch_size or len(x), len(x))
+        # What Lightning's batch-size tuner reads: the number of points.
+        self.dataset = TensorDataset(x) if y is None else TensorDataset(x, y)
 
     @property
     def full_batch(self) -> bool:
-        return self.batch_size is None or self.batch_size >= len(self.x)
+        """Whether every epoch is the same single batch (the fast path trains such epochs in bulk)."""
+        return self.batch_size >= len(self.x)
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return 1 if self.full_batch else -(-len(self.x) // self.batch_size)
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
 
-    def order(self, epoch: int) -> Tensor | None:
-        """The shuffled sample order of `epoch` (None for full batch); a pure function of seed and epoch,
-        so a resumed run sees the same batches as an uninterrupted one."""
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | Tensor]:
         if self.full_batch:
-            return None
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.x), generator=generator).to(self.x.device)
-
-    def batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
-        if order is None:
-            yield self.x, self.y
+            yield self.x if self.y is None else (self.x, self.y)
             return
-        for index in order.split(self.batch_size):
-            yield self.x[index], self.y[index]
+        order = None
+        if self.epoch is not None:
+            order = shuffled_order(len(self.x), self.seed, self.epoch()).to(self.x.device)
+        for start in range(0, len(self.x), self.batch_size):
+            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
+            yield self.x[index] if self.y is None else (self.x[index], self.y[index])
 
 
 def process_share(x: Tensor, y: Tensor, rank: int, processes: int, equal: bool = False) -> tuple[Tensor, Tensor]:
@@ -67,7 +65,7 @@ def process_share(x: Tensor, y: Tensor, rank: int, processes: int, equal: bool =
 
     `equal` slices (for training) make every process take the same number of steps, and DDP's mean
     of the processes' gradients the gradient of the whole (mini-)batch; the few points left over when
-    the points do not split evenly are left out. Otherwise slices may differ by one point (validation:
+    the points do not split evenly are left out. Otherwise slices may differ by one point (evaluation:
     its metrics sum over the processes).
     """
     if processes == 1:
@@ -79,95 +77,49 @@ def process_share(x: Tensor, y: Tensor, rank: int, processes: int, equal: bool =
     return x[:kept].tensor_split(processes)[rank], y[:kept].tensor_split(processes)[rank]
 
 
-class ChunkLoader:
-    """Train loader of a fast module: one `EpochChunk` per Lightning epoch, sized from the Trainer's position."""
-
-    def __init__(self, data: ClassificationData) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[EpochChunk]:
-        data = self.data
-        per_step = data.epochs_per_step
-        first = data.trainer.current_epoch * per_step
-        epochs = range(first, min(first + per_step, data.epochs))
-        x, y = data.train_share
-        yield EpochChunk(x, y, epochs, data.batch_size, data.seed, data.val_share, data.val_every)
-
-
-class BatchLoader:
-    """Plain loader of (x, y) mini-batches cut from device tensors, for any LightningModule."""
-
-    def __init__(
-        self, x: Tensor, y: Tensor, batch_size: int | None, seed: int, shuffle_epoch: Callable[[], int] | None = None
-    ) -> None:
-        """`shuffle_epoch` gives the epoch being trained, whose shuffle to use (None keeps the order): read
-        when an epoch starts, so that a resumed fit shuffles each epoch as an uninterrupted one."""
-        self.x, self.y, self.seed, self.shuffle_epoch = x, y, seed, shuffle_epoch
-        self.batch_size = batch_size or len(x)
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        chunk = EpochChunk(self.x, self.y, range(1), self.batch_size, self.seed)
-        order = chunk.order(self.shuffle_epoch()) if self.shuffle_epoch else None
-        yield from chunk.batches(order)
-
-
 class ClassificationData(L.LightningDataModule):
-    """Base of the 2-D classification data sets: a stratified 75/25 split held as tensors."""
+    """Base of the 2-D classification data sets: the tutorial's stratified 75/25 split, held as tensors,
+    with loaders for all four stages. Testing and predicting use the held-out 25% unless `test_size`
+    asks for a separate test split."""
 
-    def __init__(
-        self,
-        batch_size: int | None = None,
-        epochs: int = 10_000,
-        val_every: int = 100,
-        epochs_per_step: int | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, batch_size: int | None = None, test_size: int = 0, seed: int = 0) -> None:
         """
         Args:
             batch_size: mini-batch size; None trains on the full batch, as the tutorial does.
-            epochs: passes over the training data (the command line's --epochs sets it).
-            val_every: validate every this many epochs, and after the last.
-            epochs_per_step: epochs that a fast module trains inside one Lightning step; the
-                Trainer's epoch loop, checkpoints (last.ckpt and the best) and progress bar advance
-                at this pace, so an interrupted run loses at most this many epochs. None picks the
-                largest of 1000, 100, 10, 1 that keeps a step under 2 million samples.
-            seed: seed of the data, the split and mini-batch shuffling.
+            test_size: points of a separate test split, drawn with the others and set aside before the
+                75/25 split; 0 (the tutorial's way) tests on the held-out 25%.
+            seed: seed of the data, the splits and mini-batch shuffling.
         """
         super().__init__()
         # Into checkpoints (not the loggers: the model logs its own seed), so that
         # `BlobData.load_from_checkpoint` rebuilds the same split without the command.
         self.save_hyperparameters(logger=False)
-        for name, value in {"batch_size": batch_size, "epochs": epochs, "epochs_per_step": epochs_per_step}.items():
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if val_every < 1:
-            raise ValueError(f"val_every must be a positive integer, got {val_every}")
-        self.batch_size, self.epochs, self.val_every, self.seed = batch_size, epochs, val_every, seed
-        features, labels = self.make()
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if test_size < 0:
+            raise ValueError(f"test_size must be a non-negative integer, got {test_size}")
+        self.seed = seed
+        features, labels = self.make(self.n_samples + test_size)
+        if test_size:
+            features, x_test, labels, y_test = train_test_split(
+                features, labels, test_size=test_size, stratify=labels, random_state=seed
+            )
         x_train, x_val, y_train, y_val = train_test_split(features, labels, stratify=labels, random_state=seed)
         self.x_train, self.x_val = (torch.as_tensor(x, dtype=torch.float32) for x in (x_train, x_val))
         self.y_train, self.y_val = (torch.as_tensor(y, dtype=torch.int64) for y in (y_train, y_val))
-        if epochs_per_step is None:
-            fitting = (k for k in (1000, 100, 10) if k * len(self.x_train) <= 2_000_000)
-            epochs_per_step = next(fitting, 1)
-        self.epochs_per_step = epochs_per_step
-        # What this process trains and validates on: all of it, unless training is data-parallel.
-        self.train_share, self.val_share = (self.x_train, self.y_train), (self.x_val, self.y_val)
+        if test_size:
+            self.x_test, self.y_test = torch.as_tensor(x_test, dtype=torch.float32), torch.as_tensor(y_test)
+        else:
+            self.x_test, self.y_test = self.x_val, self.y_val
+        # Lightning's batch-size tuner reads and sets this attribute, so it holds a number: all the points.
+        self.batch_size = batch_size or len(self.x_train)
+        # What this process uses of each split: all of it, unless training is data-parallel.
+        self.shares = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val)}
+        self.shares["test"] = (self.x_test, self.y_test)
 
-    def make(self):
-        """Return (features, labels) as numpy arrays."""
+    def make(self, n_samples: int):
+        """Return (features, labels) of `n_samples` points as numpy arrays."""
         raise NotImplementedError
-
-    @property
-    def lightning_epochs(self) -> int:
-        """The Trainer's max_epochs for a fast module: steps of `epochs_per_step` epochs."""
-        return -(-self.epochs // self.epochs_per_step)
 
     @property
     def num_features(self) -> int:
@@ -180,29 +132,38 @@ class ClassificationData(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         # Hold the data where the Trainer runs, so no step copies or collates it.
         device = self.trainer.strategy.root_device
-        self.x_train, self.y_train, self.x_val, self.y_val = (
-            t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val)
+        self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test = (
+            t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
         )
-        # Each DDP process trains and validates on its own share; the whole data stays (pictures draw it).
+        splits = {
+            "train": (self.x_train, self.y_train),
+            "val": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }
+        # Each DDP process uses its own share; the whole data stays (pictures draw it).
         rank, processes = self.trainer.global_rank, self.trainer.world_size
-        self.train_share = process_share(self.x_train, self.y_train, rank, processes, equal=True)
-        self.val_share = process_share(self.x_val, self.y_val, rank, processes)
+        self.shares = {name: process_share(*xy, rank, processes, equal=name == "train") for name, xy in splits.items()}
         # Batches of a few hundred rows gain nothing from a second CPU thread, and lose up to 8x
         # whenever that thread must wait for a core (measured: 0.75 against 4-6 ms an epoch).
         self._threads = torch.get_num_threads()
-        if device.type == "cpu" and min(self.batch_size or len(self.x_train), len(self.x_train)) < 4096:
+        if device.type == "cpu" and min(self.batch_size, len(self.x_train)) < 4096:
             torch.set_num_threads(1)
 
     def teardown(self, stage: str) -> None:
         torch.set_num_threads(self._threads)
 
-    def train_dataloader(self) -> ChunkLoader | BatchLoader:
-        if getattr(self.trainer.lightning_module, "trains_epoch_chunks", False):
-            return ChunkLoader(self)
-        return BatchLoader(*self.train_share, self.batch_size, self.seed, lambda: self.trainer.current_epoch)
+    def train_dataloader(self) -> TensorBatches:
+        x, y = self.shares["train"]
+        return TensorBatches(x, y, self.batch_size, self.seed, epoch=lambda: self.trainer.current_epoch)
 
-    def val_dataloader(self) -> BatchLoader:
-        return BatchLoader(*self.val_share, None, self.seed)
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.shares["val"])
+
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.shares["test"])
+
+    def predict_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.shares["test"][0], None)
 
 
 class BlobData(ClassificationData):
@@ -218,9 +179,9 @@ class BlobData(ClassificationData):
         self.n_samples, self.centers, self.cluster_std = n_samples, centers, cluster_std
         super().__init__(**kwargs)
 
-    def make(self):
+    def make(self, n_samples: int):
         return make_blobs(
-            n_samples=self.n_samples,
+            n_samples=n_samples,
             centers=self.centers,
             n_features=2,
             cluster_std=self.cluster_std,
@@ -246,8 +207,8 @@ class NoisyShapeData(ClassificationData):
 class MoonsData(NoisyShapeData):
     """`make_moons`: two interleaving half circles, the tutorial's suggested data that no line separates."""
 
-    def make(self):
-        return make_moons(n_samples=self.n_samples, noise=self.noise, random_state=self.seed)
+    def make(self, n_samples: int):
+        return make_moons(n_samples=n_samples, noise=self.noise, random_state=self.seed)
 
 
 class CirclesData(NoisyShapeData):
@@ -263,5 +224,5 @@ class CirclesData(NoisyShapeData):
         self.factor = factor
         super().__init__(**kwargs)
 
-    def make(self):
-        return make_circles(n_samples=self.n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)
+    def make(self, n_samples: int):
+        return make_circles(n_samples=n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)

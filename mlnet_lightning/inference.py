@@ -18,6 +18,7 @@ from torch import Tensor
 from mlnet_lightning.checkpoints import load_run
 from mlnet_lightning.cli import print_error
 from mlnet_lightning.models import TutorialModule
+from mlnet_lightning.models.base import as_probabilities
 
 
 class PointsError(ValueError):
@@ -100,15 +101,6 @@ def _label(path: Path, number: int, cell: str, num_classes: int) -> int:
     return int(text)
 
 
-def class_probabilities(model: L.LightningModule, output: Tensor) -> Tensor:
-    """A network that returns probabilities (the tutorial's softmax) gives them as they are; logits go
-    through softmax. Tutorial networks say which they return; others are judged by their output."""
-    returns_logits = model.hparams.get("logits")
-    if returns_logits is None:
-        returns_logits = not (output.ge(0).all() and torch.allclose(output.sum(-1), torch.ones(len(output)), atol=1e-4))
-    return output.softmax(-1) if returns_logits else output
-
-
 @torch.no_grad()
 def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, int]:
     """The loss (the network's own, as in training, when it has one) and the number of correct classes."""
@@ -116,14 +108,14 @@ def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, int
     if isinstance(model, TutorialModule):
         loss = model.loss(output, y)
     else:
-        loss = F.nll_loss(class_probabilities(model, output).log(), y)
+        loss = F.nll_loss(as_probabilities(output).log(), y)
     return loss.item(), int(output.argmax(-1).eq(y).sum())
 
 
 @torch.no_grad()
 def predict(model: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
     """Predicted classes and class probabilities."""
-    probabilities = class_probabilities(model, model(x))
+    probabilities = as_probabilities(model(x))
     return probabilities.argmax(-1), probabilities
 
 

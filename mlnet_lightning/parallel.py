@@ -10,6 +10,7 @@ import pickle
 import queue
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +48,18 @@ class RemoteBar:
 
     def __init__(self, updates: multiprocessing.Queue, slot: int, **options: Any) -> None:
         self.updates, self.slot, self.n, self.postfix = updates, slot, 0, {}
+        self.shown_at = 0.0
         updates.put(("open", slot, options))
 
     def set_postfix(self, postfix: dict[str, str], refresh: bool = True) -> None:
         self.postfix = postfix
+
+    def update(self, n: int = 1) -> None:
+        """Count `n` more; sent at most every 0.1 s, as tqdm redraws."""
+        self.n += n
+        if time.monotonic() - self.shown_at >= 0.1:
+            self.shown_at = time.monotonic()
+            self.refresh()
 
     def refresh(self) -> None:
         self.updates.put(("show", self.slot, (self.n, self.postfix)))

@@ -23,7 +23,8 @@ from matplotlib.lines import Line2D
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mlnet_lightning.callbacks import epochs_done
+from mlnet_lightning.models.base import as_probabilities
+
 
 # matplotlib's tab10, so that the snapshots and the PNG files give a class the same colour.
 PALETTE = torch.tensor(
@@ -94,10 +95,7 @@ def class_probabilities(module: L.LightningModule, x: Tensor) -> Tensor:
         output = module(x.to(module.device, module.dtype))
     finally:
         module.train(was_training)
-    # The tutorial's networks end in a softmax, the fixed ones (and most users') return logits.
-    if output.min() >= 0 and (output.sum(-1) - 1).abs().max() < 1e-3:
-        return output
-    return output.softmax(-1)
+    return as_probabilities(output)
 
 
 def predict_grid(module: L.LightningModule, grid: Grid) -> tuple[Tensor, Tensor]:
@@ -185,15 +183,19 @@ class Pictures(L.Callback):
         data = trainer.datamodule
         if self.draw and trainer.is_global_zero and data.num_features == 2 and has_forward(pl_module):
             self.grid = Grid.covering(torch.cat([data.x_train, data.x_val]).cpu())
-            self.snapshot(trainer, pl_module, epochs_done(trainer, pl_module))
+            self.snapshot(trainer, pl_module, trainer.current_epoch)
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        """The epoch after which the next snapshot is due (for the fast path, which trains the epochs
+        before it in bulk)."""
+        if self.grid is None:
+            return None
+        return min(max(epoch, self.next_snapshot - 1), trainer.max_epochs - 1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = epochs_done(trainer, pl_module, in_epoch_end=True)
-        if self.grid is not None and (done >= self.next_snapshot or done >= self.total_epochs(trainer)):
+        done = trainer.current_epoch + 1  # Lightning counts the epoch once it has ended
+        if self.grid is not None and (done >= self.next_snapshot or done >= trainer.max_epochs):
             self.snapshot(trainer, pl_module, done)
-
-    def total_epochs(self, trainer: L.Trainer) -> int:
-        return getattr(trainer.datamodule, "epochs", trainer.max_epochs)
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Log the decision boundary after `step` data epochs with the training points on top, drawn
@@ -202,7 +204,7 @@ class Pictures(L.Callback):
         image = shade(*predict_grid(pl_module, self.grid), data.num_classes)
         image = draw_points(image, self.grid, data.x_train, data.y_train)
         self.log_image(trainer, "decision_boundary", image.numpy(), step)
-        every = max(1, math.ceil(self.total_epochs(trainer) / self.snapshots))
+        every = max(1, math.ceil(trainer.max_epochs / self.snapshots))
         self.next_snapshot = (step // every + 1) * every
 
     def log_image(self, trainer: L.Trainer, tag: str, image: np.ndarray, step: int) -> None:
@@ -226,7 +228,7 @@ class Pictures(L.Callback):
                 logger.log_hyperparams(params, metrics)
 
     def save_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
-        data, done = trainer.datamodule, epochs_done(trainer, pl_module)
+        data, done = trainer.datamodule, trainer.current_epoch
         title = f"{type(pl_module).__name__} after {done} epochs"
         figures: dict[str, tuple[Figure, int | None]] = {"curves": (curves_figure(self.recorder.series, title), None)}
         if data.num_features == 2:

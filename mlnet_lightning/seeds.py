@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from mlnet_lightning.data import EpochChunk
+from mlnet_lightning.fastpath import fast_forward
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
-from mlnet_lightning.models.base import count_trainer_steps
-from mlnet_lightning.points import log_points
+from mlnet_lightning.models.base import HandUpdate, check_finite
 
 # Elementwise activations: they apply to class-planar tensors unchanged.
 ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
@@ -91,10 +90,10 @@ def _read_sequential(network: nn.Module) -> tuple[list[Tensor], list[Tensor], li
 
 
 def _check_plain_gradient_descent(network: TutorialModule) -> None:
-    update = type(network).update
+    update = getattr(type(network), "update", None)
     if update in HAND_UPDATES:
         return
-    optimizer = network.configure_optimizers() if update is TutorialModule.update else None
+    optimizer = network.configure_optimizers() if update is None else None
     plain = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
     if type(optimizer) is not torch.optim.SGD or any(optimizer.defaults.get(k, v) != v for k, v in plain.items()):
         raise ValueError(f"{type(network).__name__} is not trained by plain gradient descent, which --seeds stacks")
@@ -108,7 +107,7 @@ class StackedCopies(L.LightningModule):
     at every validation, and each learning rate's mean curves, a point per epoch.
     """
 
-    trains_epoch_chunks = True  # an EpochChunk per Lightning step, as for TutorialModule
+    fast_path = True  # as TutorialModule's
 
     def __init__(
         self,
@@ -140,9 +139,10 @@ class StackedCopies(L.LightningModule):
         self.biases = nn.ParameterList(torch.stack(b).unsqueeze(-1) for b in zip(*(copy.biases for copy in layers)))
         self.register_buffer("step_sizes", torch.tensor(self.lrs).view(-1, 1, 1))
         self._check_against(copies)
-        self.history: dict[str, float] = {}  # means over the copies: what a single run's history holds
         self.finals: dict[str, Tensor] = {}  # each copy's latest values
         self._val_sums: Tensor | None = None
+        # Each learning rate's block of copies, and the suffix of its logged names.
+        self.labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
 
     @property
     def copies(self) -> int:
@@ -175,8 +175,12 @@ class StackedCopies(L.LightningModule):
         true_class = outputs.gather(1, y.expand(self.copies, 1, -1))
         return true_class.eq(outputs.amax(1, keepdim=True)).float().mean(-1).squeeze(1)
 
-    def configure_optimizers(self) -> None:
-        return None  # plain gradient descent with a rate per copy, below
+    def loss(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """The copies' mean loss."""
+        return self.losses(outputs, y).mean()
+
+    def configure_optimizers(self) -> HandUpdate:
+        return HandUpdate(self.update, [*self.weights, *self.biases], max(self.lrs))  # a rate per copy, below
 
     @torch.no_grad()
     def update(self) -> None:
@@ -184,43 +188,60 @@ class StackedCopies(L.LightningModule):
             tensor -= tensor.grad * self.step_sizes
             tensor.grad = None
 
-    def train_epoch(self, chunk: EpochChunk, epoch: int) -> tuple[Tensor, Tensor]:
-        """One pass of every copy over the training data; returns each copy's mean loss and accuracy."""
-        losses, accuracies, sizes = [], [], []
-        for x, y in chunk.batches(chunk.order(epoch)):
-            outputs = self(x)
-            loss = self.losses(outputs, y)
-            loss.sum().backward()  # the copies are independent: each gets the gradient of its own loss
-            self.update()
-            losses.append(loss.detach())
-            accuracies.append(self.accuracies(outputs.detach(), y))
-            sizes.append(len(y))
-        if len(sizes) == 1:
-            return losses[0], accuracies[0]
-        shares = torch.tensor(sizes, dtype=torch.float32, device=self.device).unsqueeze(1) / sum(sizes)
-        return (torch.stack(losses) * shares).sum(0), (torch.stack(accuracies) * shares).sum(0)
+    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        fast_forward(self, batch)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        outputs = self(x)
+        losses = self.losses(outputs, y)
+        self.manual_backward(losses.sum())  # the copies are independent: each gets the gradient of its own loss
+        self.optimizers().step()
+        losses, accuracies = losses.detach(), self.accuracies(outputs.detach(), y)
+        check_finite(losses.max().view(1), self.current_epoch)
+        if self.current_epoch == 0:
+            self.finals["initial_loss"] = losses
+        self.finals.update({"train/loss": losses, "train/acc": accuracies})
+        means = self.block_means({"train/loss": losses, "train/acc": accuracies})
+        self.log_dict(means, on_step=False, on_epoch=True, batch_size=len(y))
+        # For callbacks and the summary: the means over every copy.
+        self.log_dict({"train/loss": losses.mean(), "train/acc": accuracies.mean()}, logger=False, batch_size=len(y))
+
+    def train_epoch(self, x: Tensor, y: Tensor, update) -> tuple[Tensor, Tensor]:
+        """One full-batch epoch of every copy, for the fast path; returns each copy's loss and accuracy."""
+        outputs = self(x)
+        losses = self.losses(outputs, y)
+        losses.sum().backward()
+        update()
+        return losses.detach(), self.accuracies(outputs.detach(), y)
+
+    def epoch_points(self, records: list, y: Tensor, rates: list[float], first_epoch: int) -> dict[str, Tensor]:
+        """The means training_step logs, for epochs the fast path trained."""
+        losses, accuracies = (torch.stack(column) for column in zip(*records))  # (epochs, copies) each
+        check_finite(losses.amax(-1), first_epoch)
+        if first_epoch == 0:
+            self.finals["initial_loss"] = losses[0]
+        self.finals.update({"train/loss": losses[-1], "train/acc": accuracies[-1]})
+        n = len(y)
+        return {
+            name: values * n / n
+            for name, values in self.block_means({"train/loss": losses, "train/acc": accuracies}).items()
+        }
+
+    def block_means(self, series: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each learning rate's mean of the copies' values (the last dimension), by logged name."""
+        means = {}
+        for name, values in series.items():
+            blocks = values.unflatten(-1, (len(self.labels), -1)).mean(-1)
+            means.update({f"{name}_mean{label}": blocks[..., g] for g, label in enumerate(self.labels)})
+        return means
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self(x)
         return self.losses(outputs, y), self.accuracies(outputs, y)
 
-    def training_step(self, chunk: EpochChunk) -> None:
-        curves, validations = [], []
-        for epoch in chunk.epochs:
-            curves.append(self.train_epoch(chunk, epoch))
-            if chunk.validates_inside(epoch):
-                validations.append((epoch, self.evaluate(*chunk.val)))
-        losses, accuracies = (torch.stack(series) for series in zip(*curves))  # (epochs, copies) each
-        self.record(chunk.epochs, {"train/loss": losses, "train/acc": accuracies})
-        for epoch, (val_losses, val_accuracies) in validations:
-            self.record([epoch], {"val/loss": val_losses[None], "val/acc": val_accuracies[None]})
-        # No optimizer counts the steps, which checkpointing and loggers read.
-        count_trainer_steps(self.trainer, len(chunk.epochs) * chunk.batches_per_epoch)
-        means = {"train/loss": losses[-1].mean(), "train/acc": accuracies[-1].mean()}
-        self.log_dict({**means, "epoch": float(chunk.epochs[-1])}, logger=False)  # for callbacks
-
-    def validation_step(self, batch: tuple[Tensor, Tensor]) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         losses, accuracies = self.evaluate(x, y)
         sums = torch.stack([losses, accuracies, torch.ones_like(losses)]) * len(y)
@@ -230,35 +251,22 @@ class StackedCopies(L.LightningModule):
         losses, accuracies = self._val_sums[:2] / self._val_sums[2]
         self._val_sums = None
         self.log_dict({"val/loss": losses.mean(), "val/acc": accuracies.mean()}, logger=False)  # for callbacks
-        if not self.trainer.sanity_checking and "epoch" in self.history:
-            self.record([int(self.history["epoch"])], {"val/loss": losses[None], "val/acc": accuracies[None]})
-
-    def record(self, epochs: Sequence[int], series: dict[str, Tensor]) -> None:
-        """Log (epochs, copies) series: each learning rate's mean, a point per epoch, and at a validation
-        the histogram of the copies' values; keep each copy's latest values."""
-        labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
-        blocks = {name: values.view(len(epochs), len(labels), -1) for name, values in series.items()}
-        means = {name: values.mean(-1) for name, values in blocks.items()}
-        columns = {
-            f"{name}_mean{label}": means[name][:, g].tolist() for name in means for g, label in enumerate(labels)
-        }
-        log_points(self.loggers, epochs, columns)
-        if "val/acc" in series:
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    for (name, values), (g, label) in product(blocks.items(), enumerate(labels)):
-                        logger.experiment.add_histogram(f"{name}{label}", values[-1, g], global_step=epochs[-1])
-        if epochs[0] == 0 and "train/loss" in series:
-            self.finals["initial_loss"] = series["train/loss"][0]
-        self.finals.update({name: values[-1] for name, values in series.items()})
-        self.history.update({name: values.mean().item() for name, values in self.finals.items()})
-        self.history["epoch"] = max(self.history.get("epoch", 0), epochs[-1])
+        if self.trainer.sanity_checking:
+            return
+        series = {"val/loss": losses, "val/acc": accuracies}
+        self.finals.update(series)
+        self.log_dict(self.block_means(series))
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for (name, values), (g, label) in product(series.items(), enumerate(self.labels)):
+                    block = values.unflatten(0, (len(self.labels), -1))[g]
+                    logger.experiment.add_histogram(f"{name}{label}", block, global_step=self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["history"], checkpoint["finals"] = self.history, self.finals
+        checkpoint["finals"] = self.finals
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history, self.finals = checkpoint.get("history", {}), checkpoint.get("finals", {})
+        self.finals = checkpoint.get("finals", {})
 
     @torch.no_grad()
     def _check_against(self, copies: Sequence[TutorialModule]) -> None:

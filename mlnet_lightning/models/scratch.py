@@ -17,9 +17,6 @@ class Scratch(TutorialModule):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        if self.hparams.optimizer or self.hparams.lr_scheduler:
-            name = type(self).__name__.lower()
-            raise ValueError(f"{name} updates its tensors by hand, as its tutorial section does: it takes no optimizer")
         n_in, hidden, n_out = self.hparams.num_features, 2, self.hparams.num_classes
         torch.manual_seed(self.hparams.seed)
         self.keep("weights1", torch.randn(n_in, hidden) / math.sqrt(2))
@@ -45,10 +42,8 @@ class Scratch(TutorialModule):
         rows = torch.arange(target.shape[0], device=target.device)
         return -(output[rows, target].log()).mean()
 
-    def configure_optimizers(self) -> None:
-        return None  # the update below is written by hand
-
     def update(self) -> None:
+        """The gradient step, written by hand (the base class then uses no torch.optim optimizer)."""
         lr = self.hparams.lr
         with torch.no_grad():
             for tensor in (self.weights1, self.bias1, self.weights2, self.bias2):

@@ -1,0 +1,57 @@
+"""The little of Lightning's private state that the fast path reads and writes, in one place.
+
+Lightning has no public way to say "these epochs were trained elsewhere", nor to ask a ModelCheckpoint
+or EarlyStopping when it will next act. tests/test_lightning_internals.py pins every line here
+against the installed Lightning: a fit whose epochs were trained in bulk ends with the same loop
+state, counter for counter, as the same fit trained epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+
+def count_epochs_trained(trainer: L.Trainer, epochs: int, scheduler_steps: int) -> None:
+    """Move every counter Lightning keeps on by `epochs` full-batch epochs (one batch and one optimizer
+    step each) and `scheduler_steps` learning-rate scheduler steps, as if its loop had run them."""
+    fit_loop = trainer.fit_loop
+    epoch_loop = fit_loop.epoch_loop
+    for tracker in (fit_loop.epoch_progress.total, fit_loop.epoch_progress.current, epoch_loop.batch_progress.total):
+        tracker.ready += epochs
+        tracker.started += epochs
+        tracker.processed += epochs
+        tracker.completed += epochs
+    epoch_loop._batches_that_stepped += epochs
+    if trainer.lightning_module.automatic_optimization:
+        optimizer = epoch_loop.automatic_optimization.optim_progress.optimizer
+        optimizer.step.total.ready += epochs
+        optimizer.step.total.completed += epochs
+        optimizer.zero_grad.total.ready += epochs
+        optimizer.zero_grad.total.started += epochs
+        optimizer.zero_grad.total.completed += epochs
+    else:
+        steps = epoch_loop.manual_optimization.optim_step_progress.total
+        steps.ready += epochs
+        steps.completed += epochs
+    epoch_loop.scheduler_progress.total.ready += scheduler_steps
+    epoch_loop.scheduler_progress.total.completed += scheduler_steps
+
+
+def logger_step(trainer: L.Trainer) -> int:
+    """The step at which Lightning logs the current epoch's end: the batches that have stepped before it."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def checkpoint_every_n_epochs(callback: ModelCheckpoint, trainer: L.Trainer) -> int | None:
+    """Epochs between a ModelCheckpoint's saves at the ends of training epochs: 0 when it saves only after
+    validations (then at validation epochs alone), None when it saves on steps or time instead."""
+    if callback._every_n_train_steps or callback._train_time_interval is not None:
+        return None
+    return callback._every_n_epochs if callback._should_save_on_train_epoch_end(trainer) else 0
+
+
+def checks_every_train_epoch(callback: EarlyStopping) -> bool:
+    """Whether an EarlyStopping checks its metric at the end of every training epoch (rather than after
+    each validation)."""
+    return bool(callback._check_on_train_epoch_end)
