@@ -105,10 +105,8 @@ def _label(path: Path, number: int, cell: str, num_classes: int) -> int:
 def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, int]:
     """The loss (the network's own, as in training, when it has one) and the number of correct classes."""
     output = model(x)
-    if isinstance(model, TutorialModule):
-        loss = model.loss(output, y)
-    else:
-        loss = F.nll_loss(as_probabilities(output).log(), y)
+    own_loss = isinstance(model, TutorialModule)
+    loss = model.loss(output, y) if own_loss else F.nll_loss(as_probabilities(output).log(), y)
     return loss.item(), int(output.argmax(-1).eq(y).sum())
 
 

@@ -25,7 +25,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mlnet_lightning.models.base import as_probabilities
 
-
 # matplotlib's tab10, so that the snapshots and the PNG files give a class the same colour.
 PALETTE = torch.tensor(
     [

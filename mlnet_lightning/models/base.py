@@ -207,5 +207,6 @@ def check_finite(losses: Tensor, first_epoch: int) -> None:
     if not finite.all():
         first = int(finite.logical_not().nonzero()[0])
         raise TrainingDiverged(
-            f"the loss became {losses[first].item()} at epoch {first_epoch + first} (the learning rate may be too large)"
+            f"the loss became {losses[first].item()} at epoch {first_epoch + first} "
+            "(the learning rate may be too large)"
         )
