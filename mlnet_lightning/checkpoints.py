@@ -132,14 +132,14 @@ def plan_resume(ckpt_path: str, runs_dir: Path, model: L.LightningModule, data: 
         return None
     checkpoint = read_checkpoint(path)
     check_same_run(checkpoint, path, model, data)
-    history = checkpoint.get("history")
-    first_step = int(history["epoch"]) + 1 if history else int(checkpoint["global_step"])
+    # Full batch, the logger's step of an epoch is its number: the resumed run logs again from there.
+    first_step = int(checkpoint["global_step"])
     return Resume(path, path.parent.parent if path.parent.name == "checkpoints" else None, first_step)
 
 
 def check_same_run(checkpoint: dict[str, Any], path: Path, model: L.LightningModule, data: L.LightningDataModule):
     """A resumed run must rebuild the same network on the same data, or it would not continue the
-    same curve; only the number of epochs may grow."""
+    same curve; only the number of epochs may change."""
     recorded = checkpoint[RUN_KEY]["model_class"]
     if recorded != class_path(model):
         raise CheckpointError(
@@ -149,7 +149,6 @@ def check_same_run(checkpoint: dict[str, Any], path: Path, model: L.LightningMod
     expected += [
         (f"data.{key}", value, data.hparams.get(key))
         for key, value in checkpoint.get("datamodule_hyper_parameters", {}).items()
-        if key != "epochs"
     ]
     for option, trained, given in expected:
         if trained != given:

@@ -71,6 +71,8 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     update = plain_update(module, optimizer)
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
     stopping = stop_condition(trainer)
+    if module.automatic_optimization:
+        optimizer.zero_grad()  # as Lightning does before a step's backward: the last step left its gradients
     records, rates = [], []
     for _ in range(ahead):
         if stopping():
