@@ -143,7 +143,11 @@ class TutorialModule(L.LightningModule):
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
-        self.log_metrics("train/acc")
+        # A run resumed from a checkpoint written at a validation restarts at that epoch's end, its step
+        # having run before the checkpoint: the interrupted run logged this epoch's accuracy (TensorBoard
+        # keeps its points before the resumed global step), and the metric holds nothing to log again.
+        if self.stage_metrics["train/acc"].update_called:
+            self.log_metrics("train/acc")
 
     def train_epoch(self, x: Tensor, y: Tensor, update: Callable[[], None]) -> tuple[Tensor, Tensor]:
         """One full-batch epoch as the fast path trains it: the step above without Lightning's hooks,
