@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
@@ -28,14 +32,32 @@ def class_path(obj: object) -> str:
 
 class RunCheckpoint(L.Callback):
     """Makes each checkpoint enough to use or continue the run on its own: it records the model's and
-    the data's classes (their options are the checkpoint's hyperparameters), and it flushes the
-    loggers first, so that the curves on disk reach at least the checkpoint's epoch even if the
-    process is killed right after."""
+    the data's classes (their options are the checkpoint's hyperparameters) and the latest metrics, and
+    it flushes the loggers first, so that the curves on disk reach at least the checkpoint's epoch even
+    if the process is killed right after."""
+
+    def __init__(self) -> None:
+        self.restored_metrics: dict[str, float] = {}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[RUN_KEY] = {"model_class": class_path(pl_module), "data_class": class_path(trainer.datamodule)}
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+        checkpoint[RUN_KEY] = {
+            "model_class": class_path(pl_module),
+            "data_class": class_path(trainer.datamodule),
+            "metrics": metrics,
+        }
         for logger in trainer.loggers:
             logger.save()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.restored_metrics = checkpoint.get(RUN_KEY, {}).get("metrics", {})
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run starts with the metrics of its checkpoint, as the interrupted run had them: a run
+        that validates no more after its resume still reports its last validation (Lightning restores
+        no metrics, and resets them after restoring the callbacks)."""
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in self.restored_metrics.items()})
+        self.restored_metrics = {}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -81,6 +103,62 @@ def load_run(path: str | Path) -> tuple[L.LightningModule, L.LightningDataModule
     return model.eval(), data
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """`epoch=N-best.ckpt`, the best by val/acc so far: one file, the one an uninterrupted run keeps, also
+    after a resume. A resumed run saves again the bests of the epochs it trains again, over the files of
+    the interrupted run rather than beside them (no -v1 copies); at the end of the fit, the best files it
+    did not choose go: a later best of the interrupted run that this run did not reach (resumed with a
+    smaller --max_epochs), or the checkpoint it resumed from, which Lightning never deletes."""
+
+    FILES = "epoch=*-best*.ckpt"
+
+    def __init__(self) -> None:
+        super().__init__(monitor="val/acc", mode="max", filename="{epoch}-best", enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        # A plain ModelCheckpoint's: the checkpoints of earlier versions resume with their best.
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    @classmethod
+    def restore_best(cls, checkpoint: dict[str, Any], path: Path) -> None:
+        """Put back the best file that `checkpoint` (at `path`) records, if the interrupted run deleted it
+        for a later best and it was saved at the checkpoint's own validation: it holds the same state.
+        The resumed run may not reach that later best (a smaller --max_epochs), and must keep this one."""
+        state = checkpoint.get("callbacks", {}).get(cls().state_key, {})
+        best = Path(state.get("best_model_path") or path)
+        saved_at = re.match(r"epoch=(\d+)-best", best.name)
+        if not best.exists() and saved_at and int(saved_at.group(1)) == checkpoint["epoch"]:
+            shutil.copyfile(path, best)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (trainer.is_global_zero and self.dirpath and self.best_model_path):
+            return
+        kept = Path(self.best_model_path).resolve()
+        for path in Path(self.dirpath).glob(self.FILES):
+            if path.resolve() != kept:
+                path.unlink(missing_ok=True)
+
+
+class RunLogger(TensorBoardLogger):
+    """A TensorBoardLogger whose new version folder is claimed atomically: runs started together into
+    one root never share a `version_N` (each takes the next free number by creating its folder, which
+    fails for all but one). Only the main process claims; DDP's others write no logs."""
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0:
+            return version
+        root = Path(self.root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+
+
 @dataclass
 class Resume:
     """Where a run continues: its checkpoint, the run folder to keep writing in (None: a new version),
@@ -99,7 +177,7 @@ class Resume:
         names = [path.name.split(".") for path in self.run_dir.glob("events.out.tfevents.*")]
         stamps = [int(parts[3]) for parts in names if len(parts) > 3 and parts[3].isdigit()]
         time.sleep(max(0.0, max(stamps, default=0) + 1 - time.time()))
-        return TensorBoardLogger(
+        return RunLogger(
             self.run_dir.parent.parent,
             name=self.run_dir.parent.name,
             version=self.run_dir.name,
@@ -124,14 +202,43 @@ def newest_last_checkpoint(runs_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
+def resume_path(ckpt_path: str, runs_dir: Path) -> Path | None:
+    """The checkpoint `--ckpt_path` names: a path, or `last` for the newest run's under `runs_dir` (None
+    when that run saved none)."""
+    return newest_last_checkpoint(runs_dir) if ckpt_path == "last" else Path(ckpt_path)
+
+
+def epochs_trained(checkpoint: dict[str, Any]) -> int:
+    """The epochs whose training a checkpoint holds. `epoch` counts the epochs ended; a checkpoint written
+    at a validation, or at an epoch's end, also holds the training of the epoch under way."""
+    batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    return int(checkpoint["epoch"]) + bool(batches.get("is_last_batch"))
+
+
+def check_resumable(ckpt_path: str, runs_dir: Path, max_epochs: int | None) -> None:
+    """Refuse, before anything is written, to resume from a checkpoint that already holds `max_epochs`
+    epochs or more: Lightning would rewrite the run's config.yaml and then fail, or train nothing and
+    rewrite its summary."""
+    path = resume_path(ckpt_path, runs_dir)
+    if path is None or max_epochs is None or max_epochs < 0:
+        return
+    trained = epochs_trained(read_checkpoint(path))
+    if max_epochs <= trained:
+        raise CheckpointError(
+            f"--max_epochs {max_epochs}: {path} has trained {trained} epochs already; "
+            f"give more than {trained} to continue it"
+        )
+
+
 def plan_resume(ckpt_path: str, runs_dir: Path, model: L.LightningModule, data: L.LightningDataModule) -> Resume | None:
-    """Check that the checkpoint continues this very run (`ckpt_path` is a path, or `last` for the newest
-    run under `runs_dir`; None when it has none) and say where the continued run writes."""
-    path = newest_last_checkpoint(runs_dir) if ckpt_path == "last" else Path(ckpt_path)
+    """Check that the checkpoint continues this very run (`ckpt_path` as for `resume_path`) and say where
+    the continued run writes; None when there is nothing to resume."""
+    path = resume_path(ckpt_path, runs_dir)
     if path is None:
         return None
     checkpoint = read_checkpoint(path)
     check_same_run(checkpoint, path, model, data)
+    BestCheckpoint.restore_best(checkpoint, path)
     # Full batch, the logger's step of an epoch is its number: the resumed run logs again from there.
     first_step = int(checkpoint["global_step"])
     return Resume(path, path.parent.parent if path.parent.name == "checkpoints" else None, first_step)

@@ -31,7 +31,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
-from mlnet_lightning.checkpoints import LOGGER_OPTIONS, Resume, RunCheckpoint, plan_resume
+from mlnet_lightning.checkpoints import (
+    LOGGER_OPTIONS,
+    BestCheckpoint,
+    Resume,
+    RunCheckpoint,
+    RunLogger,
+    check_resumable,
+    plan_resume,
+)
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
@@ -254,7 +262,8 @@ def train_one(
     # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved.
     latest = ModelCheckpoint(filename="last", every_n_epochs=config.checkpoint_every, enable_version_counter=False)
     if trainer_options["enable_checkpointing"] is not False:
-        callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
+        # The best first: last.ckpt, written after it at the same validation, then records its choice.
+        callbacks += [BestCheckpoint(), latest]
     run_config = config.clone()
     run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
@@ -301,10 +310,10 @@ def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
 
 
 def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
-    """A new version under `runs_dir`, or the resumed run's own folder."""
+    """A new version under `runs_dir` (claimed when the fit starts), or the resumed run's own folder."""
     if resume is not None and resume.run_dir is not None:
         return resume.logger()
-    return TensorBoardLogger(runs_dir.parent, name=runs_dir.name, **LOGGER_OPTIONS)
+    return RunLogger(runs_dir.parent, name=runs_dir.name, **LOGGER_OPTIONS)
 
 
 def check_writable(folder: str) -> None:
@@ -363,6 +372,9 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         )
     if config.ckpt_path not in (None, "last") and len(models) > 1:
         raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
+    if config.ckpt_path:  # every network's, before any trains
+        for name, _ in models:
+            check_resumable(config.ckpt_path, Path(config.default_root_dir) / name, config.max_epochs)
     check_writable(config.default_root_dir)
     return config, models
 

@@ -1,0 +1,101 @@
+"""Faults a shared machine or a cluster brings: resumes with another --max_epochs, runs started together,
+full disks, every checkpoint usable, requests too big for the machine; each ends in the right numbers
+or in one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlnet_lightning.checkpoints import BestCheckpoint
+from mlnet_lightning.cli import main
+from tests.conftest import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Validations every 50 epochs, last.ckpt every 100: a run of 250 epochs leaves last.ckpt at epoch 199,
+# written at that epoch's validation (Lightning resumes it by ending that epoch), and a best after it.
+CADENCE = ("--check_val_every_n_epoch", "50", "--checkpoint_every", "100", "--pictures", "false")
+
+
+def run_folder(root: Path, model: str = "linear") -> Path:
+    return root / model / "version_0"
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The curves as TensorBoard shows them (a resumed run's purge_step applied), but the HPARAMS metrics,
+    which each session writes once."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["scalars"] if not tag.startswith("hp/")]
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+
+
+def outcome(run_dir: Path) -> dict:
+    """What a run leaves: its summary (but the time), its curves, its best checkpoint file and what
+    last.ckpt records of it."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("fit_seconds")
+    bests = sorted(path.name for path in (run_dir / "checkpoints").glob("*best*"))
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    state = last["callbacks"][BestCheckpoint().state_key]
+    best = (Path(state["best_model_path"]).name, float(state["best_model_score"]))
+    return {"summary": summary, "scalars": scalars(run_dir), "bests": bests, "best": best, "last": last["epoch"]}
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("model", "first", "then", "start", "options"),
+    [
+        ("linear", 250, 400, "last", ()),  # longer
+        ("scratch", 250, 210, "last", ()),  # shorter: the best at 249 is not reached, the one at 199 is kept
+        ("linear", 250, 400, "best", ()),  # from the best checkpoint, which then gives way to a later best
+        ("linear", 250, 400, "last", ("--fast_path", "false")),  # Lightning's loop for every epoch
+        ("linear", 250, 400, "last", ("--data.batch_size", "250")),  # three steps an epoch
+        ("sequential", 250, 400, "last", ("--lr_scheduler", "ExponentialLR", "--lr_scheduler.gamma", "0.995")),
+    ],
+)
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, model, first, then, start, options):
+    common = ("--model", model, *CADENCE, *options)
+    train(tmp_path / "whole", *common, "--max_epochs", str(then))
+    train(tmp_path / "parts", *common, "--max_epochs", str(first))
+    run_dir = run_folder(tmp_path / "parts", model)
+    ckpt = "last" if start == "last" else str(next((run_dir / "checkpoints").glob("*best*")))
+    train(tmp_path / "parts", *common, "--max_epochs", str(then), "--ckpt_path", ckpt)
+    resumed, whole = outcome(run_dir), outcome(run_folder(tmp_path / "whole", model))
+    assert resumed == whole
+    assert [step for step, _ in whole["scalars"]["train/loss"]] == [
+        step for step, _ in resumed["scalars"]["train/loss"]
+    ]
+    assert len(whole["scalars"]["train/loss"]) == then  # one point an epoch, each once
+
+
+def test_the_known_case_resumes_exactly(tmp_path):
+    """1,500 epochs, then on to 3,000 from last.ckpt (epoch 999), with the CLI's cadences."""
+    common = ("--model", "linear", "--pictures", "false")
+    whole = train(tmp_path / "whole", *common, "--max_epochs", "3000")["linear"]
+    train(tmp_path / "parts", *common, "--max_epochs", "1500")
+    resumed = train(tmp_path / "parts", *common, "--max_epochs", "3000", "--ckpt_path", "last")["linear"]
+    assert resumed["final_loss"] == whole["final_loss"] == pytest.approx(0.895121, abs=1e-6)
+    assert outcome(run_folder(tmp_path / "parts")) == outcome(run_folder(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("max_epochs", ["150", "200"])
+def test_resuming_to_no_more_epochs_than_the_checkpoint_holds_is_refused_before_anything_is_written(
+    tmp_path, capsys, max_epochs
+):
+    train(tmp_path, "--model", "linear", *CADENCE, "--max_epochs", "250")  # last.ckpt holds 200 epochs
+    before = tree(tmp_path)
+    capsys.readouterr()
+    argv = ["--default_root_dir", str(tmp_path), "--model", "all", *CADENCE, "--ckpt_path", "last"]
+    assert main([*argv, "--max_epochs", max_epochs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith(f"train.py: error: --max_epochs {max_epochs}: ")
+    assert "has trained 200 epochs already; give more than 200" in err
+    assert tree(tmp_path) == before  # config.yaml, events, checkpoints; no other network's folder either
