@@ -26,6 +26,23 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not one that fits what was asked."""
 
 
+class CannotWrite(Exception):
+    """A run could not write its logs or checkpoints (a full disk, a quota, a permission taken away)."""
+
+    @classmethod
+    def during(cls, name: str, error: OSError, folder: str | None, checkpoint: str) -> CannotWrite:
+        """The failure of run `name` writing in `folder`, with the checkpoint it can resume from."""
+        # A failed write() names no file (only a failed open does): the run's folder then says where.
+        where = error.filename or f"in {folder or 'the run folder'}"
+        kept = checkpoint if checkpoint and Path(checkpoint).is_file() else ""
+        advice = (
+            f"last good checkpoint: {kept}; free some space and resume with --ckpt_path last"
+            if kept
+            else ("no checkpoint was written")
+        )
+        return cls(f"{name}: cannot write {where}: {error.strerror or error}; {advice}")
+
+
 def class_path(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 

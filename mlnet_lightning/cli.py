@@ -34,6 +34,7 @@ from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSumma
 from mlnet_lightning.checkpoints import (
     LOGGER_OPTIONS,
     BestCheckpoint,
+    CannotWrite,
     Resume,
     RunCheckpoint,
     RunLogger,
@@ -297,6 +298,8 @@ def train_one(
         raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
     except MisconfigurationException as error:  # an option Lightning refuses for this network
         raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise CannotWrite.during(name, error, trainer.log_dir, latest.best_model_path) from None
     if stop.requested:
         raise RunInterrupted(summary.summary, latest.best_model_path)
     return summary.summary
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print_error("train.py", f"training diverged: {error}")
         return 1
-    except WorkerDied as error:
+    except (WorkerDied, CannotWrite) as error:
         print_error("train.py", error)
         return 1
     except RunInterrupted as interrupted:

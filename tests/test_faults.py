@@ -3,15 +3,20 @@ full disks, every checkpoint usable, requests too big for the machine; each ends
 or in one line."""
 
 import json
+import resource
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlnet_lightning.checkpoints import BestCheckpoint
+from mlnet_lightning.checkpoints import BestCheckpoint, RunLogger
 from mlnet_lightning.cli import main
-from tests.conftest import train
+from tests.conftest import ONE_THREAD_ENV, ROOT, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,3 +104,78 @@ def test_resuming_to_no_more_epochs_than_the_checkpoint_holds_is_refused_before_
     assert err.startswith(f"train.py: error: --max_epochs {max_epochs}: ")
     assert "has trained 200 epochs already; give more than 200" in err
     assert tree(tmp_path) == before  # config.yaml, events, checkpoints; no other network's folder either
+
+
+def train_py(*args: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    """train.py in a process of its own; a write that would make a file larger than `file_size_limit`
+    bytes fails there with EFBIG, as on a full disk (SIGXFSZ ignored: it would kill the process)."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--enable_progress_bar", "false", *args]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=ONE_THREAD_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit_file_size if file_size_limit else None,
+    )
+
+
+def test_a_failed_write_ends_in_one_line_and_the_run_resumes_from_its_last_good_checkpoint(tmp_path):
+    run = ("--model", "linear", *CADENCE, "--max_epochs", "400")
+    train(tmp_path / "whole", *run)
+    # 20 kB: the checkpoints (6 kB) fit; the event file outgrows it after a last.ckpt or two.
+    failed = train_py(*run, "--default_root_dir", str(tmp_path / "parts"), file_size_limit=20_000)
+    out, err = failed.communicate(timeout=300)
+    run_dir = run_folder(tmp_path / "parts")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert failed.returncode == 1, err
+    assert err.strip() == (
+        f"train.py: error: linear: cannot write in {run_dir}: File too large; last good checkpoint: {last}; "
+        "free some space and resume with --ckpt_path last"
+    )
+    assert not (run_dir / "summary.json").exists()
+    assert torch.load(last, weights_only=True)["epoch"] in (99, 199, 299)
+    train(tmp_path / "parts", *run, "--ckpt_path", "last")  # the space is back
+    assert outcome(run_dir) == outcome(run_folder(tmp_path / "whole"))
+
+
+def test_loggers_claim_their_versions_atomically(tmp_path):
+    """Eight runs asking for a new version at the same instant get eight folders."""
+    start = threading.Barrier(8)
+    versions = []
+
+    def claim() -> None:
+        logger = RunLogger(tmp_path, name="linear")
+        start.wait()
+        versions.append(logger.version)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == list(range(8))
+    assert sorted(path.name for path in (tmp_path / "linear").iterdir()) == [f"version_{v}" for v in range(8)]
+
+
+def test_two_runs_started_together_into_one_root_get_a_folder_each(tmp_path):
+    runs = [
+        train_py("--model", "linear", "--max_epochs", "50", "--seed", str(seed), "--default_root_dir", str(tmp_path))
+        for seed in (1, 2)
+    ]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    seeds = {yaml_seed(path) for path in (tmp_path / "linear").glob("version_*/config.yaml")}
+    summaries = list((tmp_path / "linear").glob("version_*/summary.json"))
+    assert sorted(path.parent.name for path in summaries) == ["version_0", "version_1"]
+    assert seeds == {1, 2}
+
+
+def yaml_seed(config: Path) -> int:
+    return next(int(line.split(":")[1]) for line in config.read_text().splitlines() if line.startswith("seed:"))
