@@ -383,21 +383,31 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
 
 
 def one_line(error: Exception) -> str:
-    """An error as one line. jsonargparse's nested messages name the option, then the reasons that
-    are not about the types it also accepts (None, a config file's path)."""
+    """An error as one line. jsonargparse's nested messages name the option (`--data.n_samples` for a
+    class's argument), then the reasons that are not about the types it also accepts (None, a config
+    file's path), and the value given."""
     text = str(error)
-    key = re.match(r'Parser key "([\w.]+)":', text)
-    if key is None:
+    if text.startswith("Unexpected config:"):  # it goes on with the whole file
+        return "--config: the file is not a YAML mapping of options"
+    keys = re.findall(r'Parser key "([\w.]+)":', text)
+    if not keys:
         return " ".join(text.split())
-    option = key.group(1)
-    reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]]
-    reasons = [reason for reason in reasons if reason and not reason.startswith(JSONARGPARSE_NOISE)]
+    option = ".".join(keys)
+    lines = re.sub(r'Parser key "[\w.]+":|Problem with given class_path .*?:\n', "\n", text).splitlines()
+    reasons = [re.sub(r"^(-(\s+|$))+", "", line.strip()) for line in lines]
+    values = [reason.removeprefix("Given value:").strip() for reason in reasons if reason.startswith("Given value:")]
+    given = next((value for value in values if not value.startswith("NestedArg(")), "")  # the innermost
+    noise = JSONARGPARSE_NOISE + (("Expected a dot import path string",) if "." in option else ())
+    reasons = [reason for reason in reasons if reason and not reason.startswith(noise)]
     for reason in reasons:
         unknown = re.match(r"Expected a dot import path string: (\S+)", reason)
         if unknown and option in CLASS_EXAMPLES:
             examples = CLASS_EXAMPLES[option]
             return f"--{option}: unknown class {unknown.group(1)!r}: give a name such as {examples}, or an import path"
-    return f"--{option}: {' '.join(reasons)}"
+    message = " ".join(reasons)
+    if given and not re.search(rf"(?<![\w.<>=-]){re.escape(given)}(?![\w.-])", message):  # not echoed already
+        message += f" (given {given})"
+    return f"--{option}: {message}"
 
 
 def prepare() -> None:

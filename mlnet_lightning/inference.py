@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 import sys
 from argparse import ArgumentError
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import NonNegativeInt
 from torch import Tensor
 
 from mlnet_lightning.checkpoints import load_run
 from mlnet_lightning.cli import print_error
 from mlnet_lightning.models import TutorialModule
 from mlnet_lightning.models.base import as_probabilities
+from mlnet_lightning.seeds import StackedCopies
 
 
 class PointsError(ValueError):
@@ -102,18 +105,37 @@ def _label(path: Path, number: int, cell: str, num_classes: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, int]:
-    """The loss (the network's own, as in training, when it has one) and the number of correct classes."""
-    output = model(x)
-    own_loss = isinstance(model, TutorialModule)
-    loss = model.loss(output, y) if own_loss else F.nll_loss(as_probabilities(output).log(), y)
-    return loss.item(), int(output.argmax(-1).eq(y).sum())
+def copy_probabilities(model: L.LightningModule, x: Tensor) -> Tensor:
+    """Class probabilities of the points, (copies, points, classes): one copy for a network, every copy
+    of a --seeds / --lrs checkpoint."""
+    if isinstance(model, StackedCopies):
+        outputs = model(x)  # class-planar: (copies, classes, points)
+        return (outputs if model.softmax_output else outputs.softmax(1)).transpose(1, 2)
+    return as_probabilities(model(x)).unsqueeze(0)
 
 
 @torch.no_grad()
-def predict(model: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Predicted classes and class probabilities."""
-    probabilities = as_probabilities(model(x))
+def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[list[float], list[int]]:
+    """Each copy's loss (the network's own, as in training, when it has one) and number of correct classes."""
+    correct = copy_probabilities(model, x).argmax(-1).eq(y).sum(-1).tolist()
+    if isinstance(model, StackedCopies):
+        return model.losses(model(x), y).tolist(), correct
+    output = model(x)
+    own_loss = isinstance(model, TutorialModule)
+    loss = model.loss(output, y) if own_loss else F.nll_loss(as_probabilities(output).log(), y)
+    return [loss.item()], correct
+
+
+@torch.no_grad()
+def predict(model: L.LightningModule, x: Tensor, copy: int | None = None) -> tuple[Tensor, Tensor]:
+    """Predicted classes and class probabilities: of copy `copy` of stacked copies, else of their mean."""
+    probabilities = copy_probabilities(model, x)
+    if copy is not None:
+        if not 0 <= copy < len(probabilities):
+            raise ValueError(f"--copy {copy}: the checkpoint holds copies 0 to {len(probabilities) - 1}")
+        probabilities = probabilities[copy]
+    else:
+        probabilities = probabilities.mean(0)
     return probabilities.argmax(-1), probabilities
 
 
@@ -126,7 +148,8 @@ def load_from_working_directory(checkpoint: str) -> tuple[L.LightningModule, L.L
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
-    """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV."""
+    """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV. A
+    checkpoint of stacked copies (train.py --seeds / --lrs) gets a line per copy, then their means."""
     parser = ArgumentParser(prog="evaluate.py", description=evaluate_main.__doc__, exit_on_error=False)
     parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
     parser.add_argument(
@@ -143,28 +166,52 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         else:
             points = read_points(args.data, data.num_features, data.num_classes)
             x, y, source = points.x, points.y, args.data
-        loss, correct = evaluate(model, x, y)
+        losses, correct = evaluate(model, x, y)
     except (ArgumentError, ValueError) as error:
         print_error("evaluate.py", error)
         return 2
+    points = len(y)
+    if isinstance(model, StackedCopies):
+        network = model.hparams.network.rpartition(".")[2]
+        print(f"checkpoint  {args.ckpt} ({model.copies} stacked copies of {network})")
+        print(f"points      {points} from {source}")
+        rows = [("copy", "seed", "lr", "loss", "accuracy")]
+        for i, (seed, lr, loss, right) in enumerate(zip(model.seeds, model.lrs, losses, correct)):
+            rows.append((str(i), str(seed), f"{lr:g}", f"{loss:.6f}", f"{right / points:.4f} ({right} of {points})"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+        print(f"loss        {statistics.fmean(losses):.6f} (mean of the copies)")
+        print(f"accuracy    {statistics.fmean(correct) / points:.4f} (mean of the copies)")
+        return 0
     print(f"checkpoint  {args.ckpt} ({type(model).__name__})")
-    print(f"points      {len(y)} from {source}")
-    print(f"loss        {loss:.6f}")
-    print(f"accuracy    {correct / len(y):.4f} ({correct} of {len(y)})")
+    print(f"points      {points} from {source}")
+    print(f"loss        {losses[0]:.6f}")
+    print(f"accuracy    {correct[0] / points:.4f} ({correct[0]} of {points})")
     return 0
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    """predict.py: the class and class probabilities of each point of a CSV, written as a CSV."""
+    """predict.py: the class and class probabilities of each point of a CSV, written as a CSV. For a
+    checkpoint of stacked copies (train.py --seeds / --lrs): those of the copies' mean probabilities
+    (their ensemble), or of one copy with --copy."""
     parser = ArgumentParser(prog="predict.py", description=predict_main.__doc__, exit_on_error=False)
     parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
+    parser.add_argument(
+        "--copy",
+        type=NonNegativeInt | None,
+        default=None,
+        help="with a checkpoint of stacked copies: the copy to predict with, numbered as in evaluate.py's table "
+        "(default: the mean of the copies' probabilities)",
+    )
     parser.add_argument("--input", type=str, required=True, help="a CSV of points x1,x2 (a header row is allowed)")
     parser.add_argument("--output", type=str, required=True, help="the CSV to write: x1,x2,class,p0,p1,...")
     try:
         args = parser.parse_args(argv)
         model, data = load_from_working_directory(args.ckpt)
         points = read_points(args.input, data.num_features)
-        classes, probabilities = predict(model, points.x)
+        if args.copy is not None and not isinstance(model, StackedCopies):
+            raise ValueError(f"--copy {args.copy}: {args.ckpt} holds one network, not stacked copies")
+        classes, probabilities = predict(model, points.x, args.copy)
         write_predictions(args.output, points, classes, probabilities)
     except (ArgumentError, ValueError) as error:
         print_error("predict.py", error)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from mlnet_lightning.checkpoints import import_class
 from mlnet_lightning.fastpath import fast_forward
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
 from mlnet_lightning.models.base import HandUpdate, check_finite
@@ -111,14 +112,15 @@ class StackedCopies(L.LightningModule):
 
     def __init__(
         self,
-        network: type[TutorialModule],
+        network: type[TutorialModule] | str,
         seeds: Sequence[int],
         lrs: Sequence[float],
         **network_options: Any,
     ) -> None:
         """
         Args:
-            network: the network class; copy (lr, seed) is `network(lr=lr, seed=seed, **network_options)`.
+            network: the network class, or its import path (`module.Class`, as a checkpoint records it);
+                copy (lr, seed) is `network(lr=lr, seed=seed, **network_options)`.
             seeds: the seeds of each learning rate's copies.
             lrs: the learning rates; copies are ordered rate by rate, seed by seed within a rate.
             network_options: the rest of the network's arguments (logits, data shape).
@@ -126,7 +128,11 @@ class StackedCopies(L.LightningModule):
         super().__init__()
         if not seeds or not lrs or len(set(lrs)) < len(lrs) or len(set(seeds)) < len(seeds):
             raise ValueError(f"stacked copies need distinct seeds and learning rates, got {seeds} and {lrs}")
-        self.save_hyperparameters({"network": network.__qualname__, "seeds": list(seeds), "lrs": list(lrs)})
+        if isinstance(network, str):
+            network = import_class(network, TutorialModule)
+        # Everything the copies are built from: a checkpoint rebuilds them (evaluate.py, predict.py).
+        network_path = f"{network.__module__}.{network.__qualname__}"
+        self.save_hyperparameters({"network": network_path, "seeds": list(seeds), "lrs": list(lrs), **network_options})
         self.automatic_optimization = False
         self.learning_rates = list(lrs)
         self.seeds = [seed for _ in lrs for seed in seeds]

@@ -14,8 +14,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlnet_lightning.checkpoints import BestCheckpoint, RunLogger
+from mlnet_lightning.checkpoints import BestCheckpoint, RunLogger, load_run
 from mlnet_lightning.cli import main
+from mlnet_lightning.inference import copy_probabilities, evaluate_main, predict_main
 from tests.conftest import ONE_THREAD_ENV, ROOT, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,3 +180,85 @@ def test_two_runs_started_together_into_one_root_get_a_folder_each(tmp_path):
 
 def yaml_seed(config: Path) -> int:
     return next(int(line.split(":")[1]) for line in config.read_text().splitlines() if line.startswith("seed:"))
+
+
+@pytest.fixture(scope="module")
+def stacked_run(one_thread, tmp_path_factory) -> Path:
+    """A run of 6 stacked copies (3 seeds at 2 rates): its folder."""
+    root = tmp_path_factory.mktemp("stacked")
+    train(root, "--model", "linear", "--seeds", "3", "--lrs", "0.1,0.2", *CADENCE, "--max_epochs", "100")
+    return run_folder(root)
+
+
+def points_csv(path: Path, x: torch.Tensor, y: torch.Tensor | None = None) -> Path:
+    rows = [[*map(str, point), *([str(label)] if y is not None else [])] for point, label in zip(x.tolist(), y or x)]
+    path.write_text("\n".join(",".join(row) for row in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["last.ckpt", "epoch=99-best.ckpt"])
+def test_evaluate_reports_every_stacked_copy_and_their_mean(stacked_run, capsys, kind):
+    copies = json.loads((stacked_run / "summary.json").read_text())["copies"]
+    capsys.readouterr()
+    assert evaluate_main(["--ckpt", str(stacked_run / "checkpoints" / kind)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("(6 stacked copies of Linear)")
+    header, *rows = [line.split() for line in lines[2:9]]
+    assert header == ["copy", "seed", "lr", "loss", "accuracy"]
+    assert [(int(row[0]), int(row[1]), float(row[2])) for row in rows] == [
+        (i, seed, lr) for i, (seed, lr) in enumerate(zip(copies["seed"], copies["lr"]))
+    ]
+    assert [float(row[3]) for row in rows] == pytest.approx(copies["val_loss"], abs=1e-6)
+    assert [float(row[4]) for row in rows] == pytest.approx(copies["val_acc"], abs=1e-4)
+    assert float(lines[-1].split()[1]) == pytest.approx(sum(copies["val_acc"]) / 6, abs=1e-4)
+
+
+def test_predict_uses_one_stacked_copy_or_their_mean(stacked_run, tmp_path):
+    checkpoint = str(stacked_run / "checkpoints" / "last.ckpt")
+    model, data = load_run(checkpoint)
+    points = points_csv(tmp_path / "val.csv", data.x_val)
+    copies = json.loads((stacked_run / "summary.json").read_text())["copies"]
+    for copy in (0, 4):
+        out = tmp_path / f"copy{copy}.csv"
+        assert (
+            predict_main(["--ckpt", checkpoint, "--input", str(points), "--output", str(out), "--copy", str(copy)]) == 0
+        )
+        classes = torch.tensor([int(line.split(",")[2]) for line in out.read_text().splitlines()[1:]])
+        assert classes.eq(data.y_val).float().mean().item() == pytest.approx(copies["val_acc"][copy], abs=1e-6)
+    out = tmp_path / "mean.csv"
+    assert predict_main(["--ckpt", checkpoint, "--input", str(points), "--output", str(out)]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    probabilities = torch.tensor([[float(p) for p in row[3:]] for row in rows])
+    expected = torch.stack([copy_probabilities(model, data.x_val)[i] for i in range(6)]).mean(0)
+    torch.testing.assert_close(probabilities, expected, atol=1e-7, rtol=1e-6)
+    assert [int(row[2]) for row in rows] == expected.argmax(-1).tolist()
+
+
+PROGRAMS = {"train.py": main, "predict.py": predict_main}
+
+
+@pytest.mark.parametrize(
+    ("program", "args", "message"),
+    [
+        ("train.py", ["--config", "{tmp}/missing.yaml"], "--config: File does not exist: '{tmp}/missing.yaml'"),
+        ("train.py", ["--config", "{tmp}/list.yaml"], "--config: the file is not a YAML mapping of options"),
+        ("train.py", ["--max_epochs", "many"], "--max_epochs: Expected a <class 'int'> (given many)"),
+        ("train.py", ["--optimizer", "Adam", "--optimizer.lr", "x"],
+         "--optimizer.lr: Expected a <class 'float'> (given x)"),
+        ("train.py", ["--data.n_samples", "1.5"], "--data.n_samples: Expected a <class 'int'>. Got value: 1.5"),
+        ("predict.py", ["--ckpt", "{single}", "--input", "{tmp}/p.csv", "--output", "{tmp}/o.csv", "--copy", "1"],
+         "--copy 1: {single} holds one network, not stacked copies"),
+        ("predict.py", ["--ckpt", "{stacked}", "--input", "{tmp}/p.csv", "--output", "{tmp}/o.csv", "--copy", "6"],
+         "--copy 6: the checkpoint holds copies 0 to 5"),
+    ],
+)  # fmt: skip
+def test_every_error_line_names_its_reason(stacked_run, tmp_path, capsys, program, args, message):
+    single = tmp_path / "single"
+    train(single, "--model", "linear", *CADENCE, "--max_epochs", "100")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    points_csv(tmp_path / "p.csv", torch.zeros(2, 2))
+    names = {"tmp": tmp_path, "single": run_folder(single) / "checkpoints" / "last.ckpt"}
+    names["stacked"] = stacked_run / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert PROGRAMS[program]([arg.format(**names) for arg in args]) == 2
+    assert capsys.readouterr().err == f"{program}: error: {message.format(**names)}\n"
