@@ -47,7 +47,7 @@ from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_parallel, train_in_parallel
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
-from mlnet_lightning.seeds import StackedCopies, format_copies_table
+from mlnet_lightning.seeds import StackedCopies, check_memory, format_copies_table
 
 TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
 MODEL_HELP = (
@@ -200,7 +200,7 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     if issubclass(model_class, MLP):
         chosen.update(config.mlp.as_dict())
     if stacks_copies(config):
-        return build_copies(model_class, config, {**offered, **chosen})
+        return build_copies(model_class, config, {**offered, **chosen}, data)
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     refused = [key for key in chosen if not (takes_all or key in accepted)]
@@ -213,12 +213,18 @@ def stacks_copies(config: Namespace) -> bool:
     return config.seeds > 1 or config.lrs is not None
 
 
-def build_copies(model_class: type[L.LightningModule], config: Namespace, offered: dict[str, Any]) -> StackedCopies:
-    """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device."""
+def build_copies(
+    model_class: type[L.LightningModule], config: Namespace, offered: dict[str, Any], data: ClassificationData
+) -> StackedCopies:
+    """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device, if they fit."""
     if not issubclass(model_class, TutorialModule):
         raise UsageError(f"--seeds and --lrs stack subclasses of TutorialModule; {model_class.__name__} is not one")
     lrs = [config.lr] if config.lrs is None else learning_rates(config.lrs)
     options = {k: v for k, v in offered.items() if k not in ("lr", "seed")}
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    points = max(data.batch_size, len(data.x_val))  # a training step's, or a validation's
+    copy = model_class(**options, lr=lrs[0], seed=config.seed)
+    check_memory(copy, config.seeds * len(lrs), points, torch.device("cuda" if on_gpu else "cpu"))
     return StackedCopies(model_class, range(config.seed, config.seed + config.seeds), lrs, **options)
 
 

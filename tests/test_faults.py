@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,16 @@ def test_every_error_line_names_its_reason(stacked_run, tmp_path, capsys, progra
     capsys.readouterr()
     assert PROGRAMS[program]([arg.format(**names) for arg in args]) == 2
     assert capsys.readouterr().err == f"{program}: error: {message.format(**names)}\n"
+
+
+@pytest.mark.parametrize("copies", [("--seeds", "100000000"), ("--seeds", "10000000", "--lrs", "0.1,0.2,0.3")])
+def test_copies_beyond_the_memory_are_refused_at_once(tmp_path, capsys, copies):
+    started = time.monotonic()
+    argv = ["--default_root_dir", str(tmp_path / "runs"), "--model", "linear", *copies, "--data.n_samples", "100000"]
+    assert main(argv) == 2
+    assert time.monotonic() - started < 30  # building them would take days
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("train.py: error: ")
+    assert "stacked copies of Linear on 75000 points need about" in err and "ask for at most" in err
+    assert not (tmp_path / "runs").exists()
