@@ -73,9 +73,13 @@ class CudaGraph:
         torch.cuda.current_stream().wait_stream(side)
 
     def capture(self, step: Callable[[], None]) -> None:
-        # thread_local: the loggers' writer threads may touch CUDA state meanwhile, which "global" forbids.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            step()
+        stream = torch.cuda.current_stream()
+        try:
+            # thread_local: the loggers' writer threads may touch CUDA state meanwhile, which "global" forbids.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                step()
+        finally:
+            torch.cuda.set_stream(stream)  # a capture that fails at its end leaves its own stream current
 
     def replay(self) -> None:
         self.graph.replay()
