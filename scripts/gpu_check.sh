@@ -15,7 +15,7 @@ if ! "$python" -c "import jsonargparse" 2>/dev/null; then
     fi
     site=$(mktemp -d)
     trap 'rm -rf "$site"' EXIT
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
     export PYTHONPATH="$site:$PYTHONPATH"
 fi
 "$python" scripts/gpu_check.py "$@"
