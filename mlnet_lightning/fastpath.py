@@ -42,6 +42,7 @@ from mlnet_lightning.lightning_internals import (
     logger_step,
 )
 from mlnet_lightning.points import log_points
+from mlnet_lightning.replay import replayed_epochs
 
 # Hooks that would run for every epoch or step: a module may not override them beyond its fast class's
 # own, and a callback that overrides them observes every epoch.
@@ -74,14 +75,18 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     if module.automatic_optimization:
         optimizer.zero_grad()  # as Lightning does before a step's backward: the last step left its gradients
     records, rates = [], []
-    for _ in range(ahead):
-        if stopping():
-            break
-        if schedulers:
-            rates.append(optimizer.param_groups[0]["lr"])
-        records.append(module.train_epoch(x, y, update))
-        for scheduler in schedulers:
-            scheduler.step()
+    replayer = replayed_epochs(module, optimizer, x, y)  # on CUDA: the epochs replayed from one captured graph
+    if replayer is not None:
+        records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
+    else:
+        for _ in range(ahead):
+            if stopping():
+                break
+            if schedulers:
+                rates.append(optimizer.param_groups[0]["lr"])
+            records.append(module.train_epoch(x, y, update))
+            for scheduler in schedulers:
+                scheduler.step()
     if not records:
         return 0
     first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
