@@ -227,9 +227,12 @@ def resume_path(ckpt_path: str, runs_dir: Path) -> Path | None:
 
 def epochs_trained(checkpoint: dict[str, Any]) -> int:
     """The epochs whose training a checkpoint holds. `epoch` counts the epochs ended; a checkpoint written
-    at a validation, or at an epoch's end, also holds the training of the epoch under way."""
-    batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    return int(checkpoint["epoch"]) + bool(batches.get("is_last_batch"))
+    in an epoch's hooks after its last batch (at a validation) also holds the training of that epoch."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    under_way = epochs.get("started", 0) > epochs.get("completed", 0)
+    trained_through = loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    return int(checkpoint["epoch"]) + (under_way and trained_through)
 
 
 def check_resumable(ckpt_path: str, runs_dir: Path, max_epochs: int | None) -> None:

@@ -276,3 +276,27 @@ def test_copies_beyond_the_memory_are_refused_at_once(tmp_path, capsys, copies):
     assert err.startswith("train.py: error: ")
     assert "stacked copies of Linear on 75000 points need about" in err and "ask for at most" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_stopped_at_an_epoch_end_resumes_to_any_larger_number_of_epochs(tmp_path, capsys):
+    """SIGTERM's checkpoint is written where an epoch ended, not at a validation."""
+    run = ("--model", "linear", *CADENCE)
+    stopped = train_py(*run, "--max_epochs", "1000000", "--default_root_dir", str(tmp_path / "parts"))
+    last = run_folder(tmp_path / "parts") / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert stopped.poll() is None and time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 143
+    epochs = torch.load(last, weights_only=True)["epoch"]
+    before = tree(tmp_path)
+    argv = ["--default_root_dir", str(tmp_path / "parts"), "--enable_progress_bar", "false", *run]
+    capsys.readouterr()
+    assert main([*argv, "--max_epochs", str(epochs), "--ckpt_path", "last"]) == 2
+    assert f"has trained {epochs} epochs already; give more than {epochs}" in capsys.readouterr().err
+    assert tree(tmp_path) == before
+    more = str(epochs + 150)  # past the next last.ckpt, which both runs then write at the same epoch
+    train(tmp_path / "parts", *run, "--max_epochs", more, "--ckpt_path", "last")
+    train(tmp_path / "whole", *run, "--max_epochs", more)
+    assert outcome(run_folder(tmp_path / "parts")) == outcome(run_folder(tmp_path / "whole"))
