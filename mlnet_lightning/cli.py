@@ -251,8 +251,15 @@ def train_one(
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar(make_bar))
     # last.ckpt every --checkpoint_every epochs, and the best by val/acc. A callback of its own writes
-    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved.
-    latest = ModelCheckpoint(filename="last", every_n_epochs=config.checkpoint_every, enable_version_counter=False)
+    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved. It
+    # saves once the epoch has ended (after its validation): a checkpoint saved at a validation's end
+    # resumes inside that epoch, whose end then runs and logs a second time.
+    latest = ModelCheckpoint(
+        filename="last",
+        every_n_epochs=config.checkpoint_every,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
     if trainer_options["enable_checkpointing"] is not False:
         callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
     run_config = config.clone()
