@@ -265,7 +265,8 @@ def train_one(
     run_config = config.clone()
     run_config.model = name if config.model == "all" else config.model
     callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    run_options = {"data": {"name": type(data).__name__, **data.hparams}}
+    # The run's length and data beside the network's options, so that HPARAMS compares runs by them too.
+    run_options = {"max_epochs": config.max_epochs, "data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
     callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
     logger = trainer_options.pop("logger")
