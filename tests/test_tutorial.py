@@ -1,6 +1,7 @@
 """The five networks against the tutorial's numbers and an independent plain PyTorch loop."""
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import lightning as L
 import pytest
@@ -48,24 +49,37 @@ class Points(Logger):
         pass
 
 
-def fit_lightning(
-    name: str, epochs: int, batch_size: int | None = None, val_every: int | None = None, **options
-) -> tuple[L.LightningModule, L.Trainer]:
-    """Fit a tutorial network as a Lightning user would, validating every `val_every` epochs (default:
-    after the last only); the trainer's logger keeps the points (`trainer.logger.points`)."""
-    model = TUTORIAL_MODELS[name](**options)
+def fit_module(
+    model: L.LightningModule,
+    epochs: int,
+    batch_size: int | None = None,
+    val_every: int | None = None,
+    logger: Logger | None = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
+    """Fit as a Lightning user would, on the tutorial's blobs, validating every `val_every` epochs
+    (default: after the last only); the logger (default: a `Points`) gets the points."""
     trainer = L.Trainer(
         max_epochs=epochs,
         check_val_every_n_epoch=val_every or epochs,
         accelerator="cpu",
-        logger=Points(),
+        logger=logger or Points(),
+        callbacks=list(callbacks),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=BlobData(batch_size=batch_size))
-    return model, trainer
+    return trainer
+
+
+def fit_lightning(
+    name: str, epochs: int, batch_size: int | None = None, val_every: int | None = None, **options
+) -> tuple[L.LightningModule, L.Trainer]:
+    """Fit a tutorial network made with `options` (see fit_module)."""
+    model = TUTORIAL_MODELS[name](**options)
+    return model, fit_module(model, epochs, batch_size, val_every)
 
 
 def final_numbers(trainer: L.Trainer) -> dict[str, float]:
