@@ -13,8 +13,8 @@ from tests.test_resume import wait_for, without_time
 
 
 def test_networks_trained_at_once_give_the_numbers_of_one_by_one(tmp_path):
-    one_by_one = train(tmp_path / "one", "--epochs", "300", "--jobs", "1")
-    at_once = train(tmp_path / "three", "--epochs", "300", "--jobs", "3")
+    one_by_one = train(tmp_path / "one", "--max_epochs", "300", "--jobs", "1")
+    at_once = train(tmp_path / "three", "--max_epochs", "300", "--jobs", "3")
     assert set(at_once) == set(TUTORIAL_MODELS)
     assert {name: without_time(s) for name, s in at_once.items()} == {
         name: without_time(s) for name, s in one_by_one.items()
@@ -22,7 +22,7 @@ def test_networks_trained_at_once_give_the_numbers_of_one_by_one(tmp_path):
 
 
 def test_the_parent_draws_every_workers_bar_and_one_table(tmp_path):
-    done = run_script("train.py", "--epochs", "200", "--jobs", "5", "--default_root_dir", str(tmp_path))
+    done = run_script("train.py", "--max_epochs", "200", "--jobs", "5", "--default_root_dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     for model_class in TUTORIAL_MODELS.values():
         assert f"{model_class.__name__}: 100%" in done.stderr and "200/200" in done.stderr
@@ -31,7 +31,7 @@ def test_the_parent_draws_every_workers_bar_and_one_table(tmp_path):
 
 
 def test_a_network_that_diverges_among_others_fails_in_one_line(tmp_path):
-    options = ["--lr", "1000", "--epochs", "300", "--jobs", "2", "--default_root_dir", str(tmp_path)]
+    options = ["--lr", "1000", "--max_epochs", "300", "--jobs", "2", "--default_root_dir", str(tmp_path)]
     failed = run_script("train.py", *options)
     assert failed.returncode == 1
     assert "training diverged" in failed.stderr and "Traceback" not in failed.stderr
@@ -40,8 +40,8 @@ def test_a_network_that_diverges_among_others_fails_in_one_line(tmp_path):
 
 def start_long_run(root: Path, jobs: int) -> subprocess.Popen:
     """train.py --model all for 100,000 epochs, in a process group of its own, to be signalled."""
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--epochs", "100000", "--jobs", str(jobs)]
-    command += ["--data.epochs_per_step", "100", "--enable_progress_bar", "false", "--default_root_dir", str(root)]
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--max_epochs", "100000", "--jobs", str(jobs)]
+    command += ["--checkpoint_every", "100", "--enable_progress_bar", "false", "--default_root_dir", str(root)]
     return subprocess.Popen(
         command, cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -52,7 +52,7 @@ def last_checkpoint(root: Path, name: str) -> Path:
     return root / name / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
+def test_ctrl_c_stops_every_worker_and_prints_the_table_so_far(tmp_path):
     run = start_long_run(tmp_path, jobs=5)
     wait_for(lambda: all(last_checkpoint(tmp_path, name).exists() for name in TUTORIAL_MODELS), run)
     os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
