@@ -20,9 +20,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mlnet_lightning import cli
 from mlnet_lightning.baseline import fit_plain, hand_cross_entropy, tutorial_network
 from mlnet_lightning.data import BlobData, TensorBatches, shuffled_order
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Linear, Scratch, Sequential, TutorialModule
+from tests.conftest import train
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 BY_HAND = ("scratch", "functional", "parameter")
@@ -581,3 +583,86 @@ def test_fast_path_changes_nothing_in_double_precision(tmp_path, lr_scheduler):
         tmp_path, lambda: Sequential(lr_scheduler=lr_scheduler), None, precision="64-true", **FULL_BATCH
     )
     assert on["bulk"] > 60
+
+
+# ---- The command line: every Trainer option at the top level, with Lightning's meaning ----
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def run_dir(root: Path, name: str = "linear") -> Path:
+    [folder] = (root / name).glob("version_*")
+    return folder
+
+
+def test_cli_max_epochs_check_val_and_a_csv_logger_without_save_dir(tmp_path):
+    args = ["--max_epochs", "60", "--check_val_every_n_epoch", "20", "--logger", "CSVLogger", "--pictures", "false"]
+    summaries = train(tmp_path, "--model", "linear", *args)
+    assert summaries["linear"]["epochs"] == 60
+    rows = metrics_rows(run_dir(tmp_path))  # under --default_root_dir, in the network's folder
+    assert [int(row["epoch"]) for row in rows if row["train/loss"]] == list(range(60))
+    assert [int(row["epoch"]) for row in rows if row["val/acc"]] == [19, 39, 59]
+    assert float(rows[-1]["train/loss"]) == pytest.approx(summaries["linear"]["final_loss"])
+
+
+def test_cli_one_callback(tmp_path):
+    stop = ["--callbacks", "EarlyStopping", "--callbacks.monitor", "val/loss", "--callbacks.patience", "1"]
+    args = ["--max_epochs", "1000", "--check_val_every_n_epoch", "10", *stop, "--callbacks.min_delta", "0.05"]
+    summaries = train(tmp_path, "--model", "linear", "--pictures", "false", *args)
+    assert summaries["linear"]["epochs"] == 20  # the validation of epoch 19 did not improve on epoch 9's
+
+
+@pytest.mark.parametrize("form", ["--callbacks+", "--callbacks"])
+def test_cli_two_callbacks(tmp_path, form):
+    stop = [form, "EarlyStopping", "--callbacks.monitor", "val/loss", "--callbacks.patience", "1"]
+    args = [*stop, "--callbacks.min_delta", "0.05", form, "LearningRateMonitor"]
+    summaries = train(tmp_path, "--model", "linear", "--max_epochs", "1000", "--check_val_every_n_epoch", "10", *args)
+    assert summaries["linear"]["epochs"] == 20
+    rates = tensorboard_scalars(str(run_dir(tmp_path)))["lr-SGD"]
+    assert rates == [(step, pytest.approx(0.2)) for step in range(20)]  # the monitor's point each epoch
+    config = (run_dir(tmp_path) / "config.yaml").read_text()
+    assert "callbacks.EarlyStopping" in config and "callbacks.LearningRateMonitor" in config
+
+
+def test_cli_fast_dev_run_trains_one_step_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    summaries = []
+    train_one = cli.train_one
+    monkeypatch.setattr(cli, "train_one", lambda *args, **kw: summaries.append(train_one(*args, **kw)) or summaries[-1])
+    assert cli.main(["--model", "linear", "--fast_dev_run", "true", "--default_root_dir", str(tmp_path)]) == 0
+    [summary] = summaries
+    assert summary["epochs"] == 1 and summary["final_loss"] == pytest.approx(summary["initial_loss"])
+    assert list(tmp_path.iterdir()) == []  # as Lightning: no logs, no checkpoints
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cli_max_time_stops_the_fit(tmp_path):
+    summaries = train(tmp_path, "--model", "linear", "--max_time", "00:00:00:02", "--max_epochs", "-1", "--pictures",
+                      "false")  # fmt: skip
+    assert 2.0 <= summaries["linear"]["fit_seconds"] < 5.0 and summaries["linear"]["epochs"] > 100
+
+
+def test_cli_limit_train_batches_with_mini_batches(tmp_path):
+    options = ["--data.batch_size", "64", "--limit_train_batches", "3", "--max_epochs", "4", "--logger", "CSVLogger"]
+    summaries = train(tmp_path, "--model", "linear", "--pictures", "false", *options)
+    assert summaries["linear"]["epochs"] == 4
+    rows = [row for row in metrics_rows(run_dir(tmp_path)) if row["train/loss"]]
+    assert [int(row["step"]) for row in rows] == [2, 5, 8, 11]  # three optimizer steps an epoch
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max_epochs", "-5"], "max_epochs"),
+        (["--max_epohcs", "5"], "unrecognized arguments: --max_epohcs"),
+        (["--epochs", "5"], "--max_epochs"),
+        (["--logger", "CSVLogger", "--logger.save_dir", "x"], "--default_root_dir"),
+    ],
+)
+def test_cli_bad_trainer_options_are_one_line_and_status_2(tmp_path, capsys, args, message):
+    assert cli.main(["--model", "linear", "--default_root_dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train.py: error: ") and message in err
+    assert list(tmp_path.iterdir()) == []
