@@ -500,11 +500,12 @@ def fit_and_record(folder: Path, model: TutorialModule, data: BlobData, fast_pat
         *options.pop("callbacks", list)(),
     ]
     loggers = [CSVLogger(folder, name="csv"), TensorBoardLogger(folder, name="tb")]
+    ckpt_path = options.pop("ckpt_path", None)
     trainer = L.Trainer(
         accelerator="cpu", logger=loggers, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
         **options,
     )  # fmt: skip
-    trainer.fit(model, data)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     saved = {
         f"{path.parent.name}/{path.name}": {key: torch.load(path, weights_only=False)[key] for key in CHECKPOINT_KEYS}
         for path in folder.glob("*/*.ckpt")
@@ -575,6 +576,23 @@ def test_fast_path_changes_nothing_when_early_stopping(tmp_path):
         tmp_path, Sequential, None, callbacks=lambda: [EarlyStopping(**stop)], **options
     )
     assert on["epochs"][0] < 2000 and on["bulk"] > 0
+
+
+@pytest.mark.parametrize("name", ["scratch", "sequential"])
+def test_fast_path_changes_nothing_when_resuming(tmp_path, name):
+    first = ModelCheckpoint(tmp_path / "first", every_n_epochs=30, save_top_k=-1, save_on_train_epoch_end=True)
+    trainer = quiet_trainer(max_epochs=45, check_val_every_n_epoch=50, callbacks=[first], enable_checkpointing=True)
+    trainer.fit(MODELS[name](), BlobData())
+    resumed = str(tmp_path / "first" / "epoch=29-step=30.ckpt")
+    on = assert_fast_path_changes_nothing(tmp_path, MODELS[name], None, ckpt_path=resumed, **FULL_BATCH)
+    assert on["bulk"] > 40
+
+
+def test_min_epochs_outlasts_early_stopping():
+    stopper = EarlyStopping(monitor="val/loss", patience=2, min_delta=10.0)
+    trainer = quiet_trainer(max_epochs=1000, min_epochs=100, check_val_every_n_epoch=10, callbacks=[stopper])
+    trainer.fit(Sequential(), BlobData())
+    assert trainer.current_epoch == 100  # asked to stop at epoch 29, it trained on to min_epochs
 
 
 @pytest.mark.parametrize("lr_scheduler", [None, STEP_LR])
