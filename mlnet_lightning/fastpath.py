@@ -44,6 +44,7 @@ from mlnet_lightning.lightning_internals import (
     logger_step,
 )
 from mlnet_lightning.points import log_points
+from mlnet_lightning.replay import replayed_epochs
 
 # Hooks of a module or data module that would see each epoch's batch (the bulk reuses the one Lightning gave).
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
@@ -86,14 +87,18 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     records, rates = [], []
     # The context Lightning's training_step runs in (64-true: float64 as the default dtype).
     with trainer.precision_plugin.train_step_context():
-        for _ in range(ahead):
-            if stopping():
-                break
-            if schedulers:
-                rates.append(optimizer.param_groups[0]["lr"])
-            records.append(module.train_epoch(x, y, update))
-            for scheduler in schedulers:
-                scheduler.step()
+        replayer = replayed_epochs(module, optimizer, x, y)  # on CUDA: the epochs replayed from one captured graph
+        if replayer is not None:
+            records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
+        else:
+            for _ in range(ahead):
+                if stopping():
+                    break
+                if schedulers:
+                    rates.append(optimizer.param_groups[0]["lr"])
+                records.append(module.train_epoch(x, y, update))
+                for scheduler in schedulers:
+                    scheduler.step()
         if not records:
             return 0
         first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
