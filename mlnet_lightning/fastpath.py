@@ -6,8 +6,8 @@ that supports it trains the epochs before the next one that anything could obser
 checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
 have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
 then Lightning's own. Anything this cannot vouch for (an unknown callback with epoch or batch hooks,
-mini-batches, gradient clipping or accumulation, mixed precision, several processes, a profiler, an
-overridden hook) makes it step aside: Lightning trains every epoch itself.
+mini-batches, gradient clipping or accumulation, mixed precision, a strategy other than one device, a
+profiler, an overridden step or batch hook) makes it step aside: Lightning trains every epoch itself.
 
 A module supports the fast path by defining, beside its ordinary Lightning steps:
 - `train_epoch(x, y, update)`: one epoch on the full batch, stepping with `update()`; returns a record
