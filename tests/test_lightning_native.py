@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -684,3 +684,41 @@ def test_cli_bad_trainer_options_are_one_line_and_status_2(tmp_path, capsys, arg
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train.py: error: ") and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+class Jittered(Sequential):
+    """A network whose batches are augmented afresh each epoch, in a batch hook."""
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        return x + 0.01 * torch.randn_like(x), y
+
+
+@pytest.mark.parametrize(
+    ("make_model", "options"),
+    [
+        (Jittered, {}),
+        (Sequential, {"gradient_clip_val": 0.01}),
+        (Sequential, {"accumulate_grad_batches": 2}),
+        (Sequential, {"precision": "bf16-mixed"}),
+        (Sequential, {"profiler": "simple"}),
+        (Sequential, {"callbacks": lambda: [LearningRateMonitor()]}),
+    ],
+    ids=["batch-hook", "clipping", "accumulation", "mixed-precision", "profiler", "lr-monitor"],
+)
+def test_fast_path_steps_aside_where_it_cannot_vouch(tmp_path, make_model, options):
+    parameters = []
+    for fast_path in (True, False):
+        torch.manual_seed(1)  # the same random draws in both fits
+        model = make_model()
+        model.fast_path = fast_path
+        bulk = counting_bulk_epochs(model)
+        run_options = {
+            **options,
+            "callbacks": options.get("callbacks", list)(),
+            "logger": CSVLogger(tmp_path / str(fast_path)),
+        }
+        quiet_trainer(max_epochs=30, check_val_every_n_epoch=100, **run_options).fit(model, BlobData())
+        assert bulk == []
+        parameters.append(model.state_dict())
+    assert_same(*parameters)
