@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import warnings
@@ -27,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
@@ -39,6 +41,16 @@ from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_paralle
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
+from mlnet_lightning.signals import (
+    Terminated,
+    describe,
+    exit_status,
+    raise_terminated,
+    restore_handlers,
+    saved_handlers,
+    stopped_before_training,
+    take_signals,
+)
 
 TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
 MODEL_HELP = (
@@ -286,16 +298,19 @@ def train_one(
             "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
         )
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+        with stop.listening(trainer, latest):
+            trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
     except RunInterrupted:
-        pass  # a second Ctrl-C: the summary so far is below
+        pass  # a second signal: the summary so far is below
+    except SIGTERMException:  # Lightning's own stop, under several processes: every rank stops at one batch
+        stop.signum = signal.SIGTERM
     except TrainingDiverged as error:
         kept = latest.best_model_path  # with no monitor, the "best" is the newest
         raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
     except MisconfigurationException as error:  # an option Lightning refuses for this network
         raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
     if stop.requested:
-        raise RunInterrupted(summary.summary, latest.best_model_path)
+        raise RunInterrupted(summary.summary, stop.checkpoint or latest.best_model_path, stop.signum)
     return summary.summary
 
 
@@ -449,11 +464,14 @@ def print_error(program: str, error: BaseException | str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """train.py: 0 when done, 2 for a usage error, 1 when training diverged, 130 after Ctrl-C."""
-    prepare()
-    parser = build_parser()
+    """train.py: 0 when done, 2 for a usage error, 1 when training diverged or a --jobs worker failed,
+    130 after Ctrl-C, 143 after SIGTERM."""
+    previous_handlers = saved_handlers()
+    take_signals({signal.SIGTERM: raise_terminated})  # before the fit, nothing needs saving
     summaries: list[dict[str, Any]] = []
     try:
+        prepare()
+        parser = build_parser()
         config, models = parse(parser, argv)
         jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
         if jobs > 1:
@@ -473,16 +491,19 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as interrupted:
         runs = [*summaries, interrupted.summary] if interrupted.summary else summaries
         if runs:
-            print(format_table(runs, config.logits))
+            rank_zero_only(print)(format_table(runs, config.logits))  # once, not once per DDP process
         if interrupted.checkpoint:
             advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
         else:
             advice = "no checkpoint was written"
-        print(f"train.py: interrupted; {advice}", file=sys.stderr)
-        return 130
+        rank_zero_only(print)(f"train.py: stopped by {describe(interrupted.signum)}; {advice}", file=sys.stderr)
+        return exit_status(interrupted.signum)
     except KeyboardInterrupt:  # before or between fits, where nothing needs saving
-        print("train.py: interrupted", file=sys.stderr)
-        return 130
+        return stopped_before_training("train.py", signal.SIGINT)
+    except Terminated as stop:
+        return stopped_before_training("train.py", stop.signum)
+    finally:
+        restore_handlers(previous_handlers)
     table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
     rank_zero_only(print)(table)  # once, not once per DDP process
     return 0
