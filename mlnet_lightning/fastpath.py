@@ -209,7 +209,10 @@ def plain_update(module: L.LightningModule, optimizer: torch.optim.Optimizer) ->
     (manual optimization) steps alone; torch.optim steps, then clears the gradients (Lightning clears
     them just before the next backward, which leaves the same numbers)."""
     if not module.automatic_optimization:
-        return optimizer.step
+        # A HandUpdate without hooks steps by the network's own `update` alone: Optimizer.step's wrapper
+        # (hooks, profiling) costs 30 of the 380 us of scratch's epoch.
+        hand_update = getattr(optimizer, "update", None)
+        return hand_update if callable(hand_update) and not has_step_hooks(optimizer) else optimizer.step
     if is_plain_sgd(optimizer):
         return partial(descend, optimizer)
     return partial(step_and_clear, optimizer)
@@ -220,14 +223,18 @@ def step_and_clear(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
+def has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether Python hooks run around `optimizer`'s steps (its own or torch's global ones)."""
+    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
+    return any(hooks) or bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
+
+
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a step of `optimizer` is exactly p -= lr * grad: SGD without momentum, weight decay,
     maximize or step hooks."""
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
     return (
         type(optimizer) is torch.optim.SGD
-        and not any(hooks)
-        and not (_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
+        and not has_step_hooks(optimizer)
         and all(g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"] for g in optimizer.param_groups)
     )
 
