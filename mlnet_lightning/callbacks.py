@@ -1,20 +1,28 @@
-"""The command line's callbacks: a progress bar of epochs, the run summary, and a clean Ctrl-C."""
+"""The command line's callbacks: a progress bar of epochs, the run summary, and a clean stop on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from tqdm.auto import tqdm
+
+from mlnet_lightning.signals import (
+    PARENT_ASKS,
+    STOP_SIGNALS,
+    describe,
+    ignore_stop_signals,
+    restore_handlers,
+    take_signals,
+)
 
 
 class EpochProgressBar(ProgressBar):
@@ -57,51 +65,114 @@ class EpochProgressBar(ProgressBar):
 
 
 class RunInterrupted(Exception):
-    """The user stopped the run with Ctrl-C; `summary` holds its numbers so far, `checkpoint` its newest
-    checkpoint ("" when none was written)."""
+    """A stop request ended the run: `signum` is the signal (SIGINT for Ctrl-C, SIGTERM), `summary` holds
+    its numbers so far, `checkpoint` the checkpoint it resumes from ("" when none was written)."""
 
-    def __init__(self, summary: dict[str, Any] | None = None, checkpoint: str = "") -> None:
-        super().__init__("interrupted")
+    def __init__(
+        self, summary: dict[str, Any] | None = None, checkpoint: str = "", signum: int = signal.SIGINT
+    ) -> None:
+        super().__init__(f"stopped by {describe(signum)}")
         self.summary = summary or {}
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C (SIGINT) ends the run cleanly: the current Lightning step finishes and is checkpointed,
-    so nothing trained is lost and the run resumes exactly; fit then returns with `requested` set.
-    A second Ctrl-C stops at once by raising RunInterrupted, leaving the previous step's checkpoint."""
+    """Ctrl-C (SIGINT) or SIGTERM ends the run cleanly: the current epoch finishes, the fit ends, and
+    `last.ckpt` is written where it ended, so nothing trained is lost and `--ckpt_path last` continues
+    exactly; `signum` then says which signal it was. A second such signal stops at once by raising
+    RunInterrupted, which leaves the previous checkpoint. A --jobs parent's request (PARENT_ASKS) stops
+    the same way but never counts as the second signal.
+
+    Lightning's own SIGTERM handler stops at the end of the current batch (in the middle of an epoch of
+    mini-batches) by raising SIGTERMException; in one process this one takes its place once training
+    starts. Under several processes Lightning's stays: it stops every rank at the same batch."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.latest: ModelCheckpoint | None = None
+        self.signum: int | None = None
+        self.checkpoint = ""  # written by this callback at the stop
+        self._origins: set[str] = set()  # "signal" and "parent": a repeat from one of them stops at once
+        self._saving = False
+        self._again = False
         self._trainer: L.Trainer | None = None
-        self._previous_handler: Any = None
+        self._takes_sigterm = False
+        self._first_step = 0  # global_step when training started: a stop before any epoch writes no checkpoint
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may take signals
-            self._trainer = trainer
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
-    def _on_interrupt(self, signum: int, frame: Any) -> None:
+    @contextmanager
+    def listening(self, trainer: L.Trainer, latest: ModelCheckpoint | None = None) -> Iterator[None]:
+        """Take the stop signals for the length of a fit, then give them back to their previous handlers
+        (Lightning's teardown after a failed fit reinstalls the handlers it found, this one's included).
+        `latest` writes the run's last.ckpt: the stop's checkpoint replaces it."""
+        self._trainer, self.latest = trainer, latest
+        previous = take_signals(dict.fromkeys(STOP_SIGNALS, self._on_signal))
+        self._takes_sigterm = signal.SIGTERM in previous
+        try:
+            yield
+        finally:
+            if self.requested:  # the command ends with this run
+                ignore_stop_signals()
+            else:
+                restore_handlers(previous)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        origin = "parent" if signum == PARENT_ASKS else "signal"
+        if origin in self._origins:
+            if self._saving:  # a half-written checkpoint would be lost with the previous one
+                self._again = True
+                return
+            raise RunInterrupted(signum=self.signum)
+        self._origins.add(origin)
+        if self.signum is None:
+            self.signum = signum
+            if self._stops_now(signum):
+                self._trainer.should_stop = True
+
+    def _stops_now(self, signum: int) -> bool:
+        """Whether to stop the fit as soon as asked. In one process, when an epoch is one batch: stopping now
+        is stopping at its end, and the fast path heeds should_stop between the epochs it trains in bulk
+        (mini-batch epochs stop at their end, in on_train_epoch_end). Under several processes, Ctrl-C as
+        ever (every rank gets it from the terminal); SIGTERM is Lightning's to handle."""
+        if self._trainer.world_size > 1:
+            return signum == signal.SIGINT
+        return self._trainer.num_training_batches == 1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1 and self._takes_sigterm:
+            signal.signal(signal.SIGTERM, self._on_signal)  # Lightning installed its own since listening began
+        if self.requested:  # asked during set-up: no epoch starts
+            trainer.should_stop = True
+        self._first_step = trainer.global_step
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        """For the fast path: this callback acts at an epoch's end only once a stop is requested."""
+        return epoch if self.requested else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.requested:
-            raise RunInterrupted
-        self.requested = True
-        self._trainer.should_stop = True
-        print(
-            "\nCtrl-C: stopping after the current step and its checkpoint; Ctrl-C again stops at once.",
-            file=sys.stderr,
-            flush=True,
-        )
+            trainer.should_stop = True
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_handler()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The stop's checkpoint, once Lightning has closed the last epoch (its counters, logs and learning
+        rate schedule): the state a resumed fit starts the next epoch from."""
+        trained = trainer.global_step > self._first_step
+        if not (self.requested and trained and trainer.world_size == 1 and self.latest is not None):
+            return
+        if self.latest not in trainer.callbacks or self.latest.dirpath is None:
+            return
+        path = str(Path(self.latest.dirpath) / f"last{self.latest.FILE_EXTENSION}")
+        self._saving = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving = False
+        self.checkpoint = path
+        if self._again:
+            raise RunInterrupted(signum=self.signum)
 
 
 class RunSummary(L.Callback):

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import warnings
@@ -25,8 +26,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
@@ -39,6 +41,16 @@ from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_paralle
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
 from mlnet_lightning.seeds import StackedCopies, format_copies_table
+from mlnet_lightning.signals import (
+    Terminated,
+    describe,
+    exit_status,
+    raise_terminated,
+    restore_handlers,
+    saved_handlers,
+    stopped_before_training,
+    take_signals,
+)
 
 TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
 MODEL_HELP = (
@@ -130,6 +142,9 @@ def build_parser() -> LightningArgumentParser:
     parser.add_optimizer_args()
     parser.add_lr_scheduler_args((LRScheduler,))
     parser.add_class_arguments(L.Trainer, None)
+    # A logger given by --logger writes under --default_root_dir, as Lightning's default one does (its
+    # save_dir, a required argument of CSVLogger and TensorBoardLogger, need not be given).
+    parser.link_arguments("default_root_dir", "logger.init_args.save_dir", apply_on="parse")
     parser.set_defaults(
         {
             "max_epochs": 10_000,
@@ -262,18 +277,21 @@ def train_one(
     )
     if trainer_options["enable_checkpointing"] is not False:
         callbacks += [latest, ModelCheckpoint(monitor="val/acc", mode="max", filename="{epoch}-best")]
-    run_config = config.clone()
-    run_config.model = name if config.model == "all" else config.model
-    callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    # fast_dev_run is a dry run: Lightning writes no logs or checkpoints, and the run writes nothing either.
+    dry_run = bool(trainer_options["fast_dev_run"])
+    if not dry_run:
+        run_config = config.clone()
+        run_config.model = name if config.model == "all" else config.model
+        callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
     # The run's length and data beside the network's options, so that HPARAMS compares runs by them too.
     run_options = {"max_epochs": config.max_epochs, "data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
-    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
+    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config) and not dry_run))
     logger = trainer_options.pop("logger")
     if logger in (None, True):
         logger = run_logger(runs_dir, resume)
     elif logger is not False:
-        logger = instantiate_all(logger)
+        logger = users_loggers(logger, runs_dir)
     try:
         trainer = L.Trainer(**trainer_options, logger=logger, callbacks=callbacks)
     except MisconfigurationException as error:
@@ -288,16 +306,19 @@ def train_one(
             "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
         )
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+        with stop.listening(trainer, latest):
+            trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
     except RunInterrupted:
-        pass  # a second Ctrl-C: the summary so far is below
+        pass  # a second signal: the summary so far is below
+    except SIGTERMException:  # Lightning's own stop, under several processes: every rank stops at one batch
+        stop.signum = signal.SIGTERM
     except TrainingDiverged as error:
         kept = latest.best_model_path  # with no monitor, the "best" is the newest
         raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
     except MisconfigurationException as error:  # an option Lightning refuses for this network
         raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
     if stop.requested:
-        raise RunInterrupted(summary.summary, latest.best_model_path)
+        raise RunInterrupted(summary.summary, stop.checkpoint or latest.best_model_path, stop.signum)
     return summary.summary
 
 
@@ -306,6 +327,23 @@ def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
     if classes is None:
         return []
     return [instantiate_class((), c.as_dict()) for c in (classes if isinstance(classes, list) else [classes])]
+
+
+def users_loggers(loggers: Namespace | list[Namespace], runs_dir: Path) -> list[Logger]:
+    """The loggers --logger names, writing where the default one does: under --default_root_dir, in the
+    network's folder (`<default_root_dir>/<network>/version_N`) unless given a `name` of their own."""
+    made = []
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        spec = spec.clone()
+        options = spec.get("init_args") or Namespace()
+        if "save_dir" in options:
+            options.save_dir = str(runs_dir.parent)
+        module, _, class_name = spec.class_path.rpartition(".")
+        name = inspect.signature(getattr(importlib.import_module(module), class_name)).parameters.get("name")
+        if name is not None and options.get("name") == name.default:
+            options.name = runs_dir.name
+        made += instantiate_all(spec)
+    return made
 
 
 def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
@@ -355,8 +393,36 @@ def _cell(value: Any, column: str) -> str:
     return "" if value is None else str(value)
 
 
+# The project's former names of Trainer options.
+RENAMED = {"--epochs": "--max_epochs", "--data.val_every": "--check_val_every_n_epoch"}
+# Options that take one class or a list of them: given again, they add one more (jsonargparse's own
+# `--callbacks+ X`) rather than replace the one before.
+LIST_OPTIONS = ("callbacks", "logger")
+
+
+def appending_repeats(argv: list[str]) -> list[str]:
+    """`--callbacks A ... --callbacks B` as `--callbacks A ... --callbacks+ B` (and the same for --logger)."""
+    seen: set[str] = set()
+    rewritten = []
+    for arg in argv:
+        option, equals, value = arg.partition("=")
+        name = option.removeprefix("--").removesuffix("+")
+        if option.startswith("--") and name in LIST_OPTIONS:
+            if name in seen and not option.endswith("+"):
+                arg = f"--{name}+{equals}{value}"
+            seen.add(name)
+        rewritten.append(arg)
+    return rewritten
+
+
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
     """The options, and the networks they name; raises ArgumentError or UsageError."""
+    argv = appending_repeats(sys.argv[1:] if argv is None else argv)
+    if any(arg.startswith("--logger.") and "save_dir" in arg for arg in argv):
+        raise UsageError("--logger.save_dir: loggers write under --default_root_dir: give that instead")
+    for old, new in RENAMED.items():
+        if any(arg.partition("=")[0] == old for arg in argv):
+            raise UsageError(f"{old} is gone: Lightning's {new} says it (an epoch is one pass over the data)")
     config = parser.parse_args(argv)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
@@ -406,11 +472,14 @@ def print_error(program: str, error: BaseException | str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """train.py: 0 when done, 2 for a usage error, 1 when training diverged, 130 after Ctrl-C."""
-    prepare()
-    parser = build_parser()
+    """train.py: 0 when done, 2 for a usage error, 1 when training diverged or a --jobs worker failed,
+    130 after Ctrl-C, 143 after SIGTERM."""
+    previous_handlers = saved_handlers()
+    take_signals({signal.SIGTERM: raise_terminated})  # before the fit, nothing needs saving
     summaries: list[dict[str, Any]] = []
     try:
+        prepare()
+        parser = build_parser()
         config, models = parse(parser, argv)
         jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
         if jobs > 1:
@@ -430,16 +499,19 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as interrupted:
         runs = [*summaries, interrupted.summary] if interrupted.summary else summaries
         if runs:
-            print(format_table(runs, config.logits))
+            rank_zero_only(print)(format_table(runs, config.logits))  # once, not once per DDP process
         if interrupted.checkpoint:
             advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
         else:
             advice = "no checkpoint was written"
-        print(f"train.py: interrupted; {advice}", file=sys.stderr)
-        return 130
+        rank_zero_only(print)(f"train.py: stopped by {describe(interrupted.signum)}; {advice}", file=sys.stderr)
+        return exit_status(interrupted.signum)
     except KeyboardInterrupt:  # before or between fits, where nothing needs saving
-        print("train.py: interrupted", file=sys.stderr)
-        return 130
+        return stopped_before_training("train.py", signal.SIGINT)
+    except Terminated as stop:
+        return stopped_before_training("train.py", stop.signum)
+    finally:
+        restore_handlers(previous_handlers)
     table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
     rank_zero_only(print)(table)  # once, not once per DDP process
     return 0

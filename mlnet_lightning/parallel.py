@@ -4,6 +4,8 @@ imports take seconds) and send their progress to this process, which alone draws
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
@@ -22,6 +24,16 @@ from lightning.pytorch.cli import LightningArgumentParser
 from tqdm.auto import tqdm
 
 from mlnet_lightning.callbacks import RunInterrupted
+from mlnet_lightning.signals import (
+    PARENT_ASKS,
+    STOP_SIGNALS,
+    Terminated,
+    describe,
+    ignore_stop_signals,
+    raise_terminated,
+    restore_handlers,
+    take_signals,
+)
 
 TrainOne = Callable[..., dict[str, Any]]
 
@@ -69,25 +81,50 @@ class RemoteBar:
 
 
 class WorkerDied(RuntimeError):
-    """A worker process ended without reporting (killed, out of memory)."""
+    """A worker process ended without reporting (killed, out of memory), or stopped on a signal of its own."""
 
 
-def _worker(train_one: TrainOne, updates: multiprocessing.Queue, slot: int, jobs: int, args: tuple) -> None:
-    # Ctrl-C before the fit starts interrupts at once (the parent's handler came with the fork).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send PARENT_ASKS to this process when the parent dies, even by SIGKILL (Linux), so
+    that no worker trains on as an orphan; the signal's handler stops the run at a checkpoint."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, PARENT_ASKS)
+    if os.getppid() != parent:  # it died before prctl: the kernel sends nothing
+        os.kill(os.getpid(), PARENT_ASKS)
+
+
+def _worker(
+    train_one: TrainOne, updates: multiprocessing.Queue, slot: int, jobs: int, parent: int, args: tuple
+) -> None:
+    # Before the fit a stop request stops at once: nothing needs saving (StopOnInterrupt takes over in the fit).
+    take_signals({signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_terminated})
+    signal.signal(PARENT_ASKS, raise_terminated)
     # The cores are shared out among the workers.
     torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
     try:
-        summary = train_one(*args, make_bar=lambda **bar: RemoteBar(updates, slot, **bar))
-        updates.put(("done", slot, summary))
-    except (RunInterrupted, KeyboardInterrupt) as stop:
-        updates.put(("stopped", slot, (getattr(stop, "summary", {}), getattr(stop, "checkpoint", ""))))
+        _stop_with_parent(parent)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        kind, payload = "done", train_one(*args, make_bar=lambda **bar: RemoteBar(updates, slot, **bar))
+    except RunInterrupted as stop:
+        kind, payload = "stopped", (stop.summary, stop.checkpoint, stop.signum)
+    except KeyboardInterrupt:
+        kind, payload = "stopped", ({}, "", signal.SIGINT)
+    except Terminated as stop:
+        kind, payload = "stopped", ({}, "", stop.signum)
     except Exception as error:  # noqa: BLE001 - every failure goes back to the parent, which reports it
         try:
             pickle.dumps(error)
         except Exception:  # noqa: BLE001
             error = RuntimeError("".join(traceback.format_exception(error)))
-        updates.put(("failed", slot, error))
+        kind, payload = "failed", error
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the run has ended: nothing is left to stop
+    if os.getppid() != parent:  # nobody reads the queue now, and exiting must not wait for it
+        updates.cancel_join_thread()
+        return
+    updates.put((kind, slot, payload))
 
 
 def train_in_parallel(
@@ -99,8 +136,13 @@ def train_in_parallel(
     summaries: list[dict[str, Any]],
 ) -> None:
     """Train `networks` with `train_one`, `jobs` at a time, appending their summaries in the networks'
-    order. After a failure or Ctrl-C no new network starts; the running ones finish (after Ctrl-C, they
-    stop at their next checkpoint, as a single run does), then the first error is raised."""
+    order. This process and its workers live and die together:
+    - Ctrl-C or SIGTERM (the signal of the first request) stops every worker at a checkpoint, as a single
+      run stops, and raises RunInterrupted; a second one stops them at once;
+    - a worker that dies, or stops on a signal of its own, stops the others so, and raises WorkerDied;
+    - a worker that fails (its training diverged) lets the others finish, then its error is raised;
+    - this process's death, even by SIGKILL, stops the workers at a checkpoint (Linux).
+    After any of these no new network starts."""
     context = multiprocessing.get_context("fork")
     updates = context.Queue()
     waiting = list(enumerate(networks))
@@ -109,33 +151,54 @@ def train_in_parallel(
     stopped: dict[int, tuple[dict[str, Any], str]] = {}  # summary so far (empty if none) and checkpoint
     failures: list[Exception] = []
     bars: dict[int, tqdm] = {}
-    interrupted = False
+    asked = 0  # the signal that asked this command to stop
+    requests = 0  # how many times the workers are to be asked to stop (a second time: at once)
+    told: dict[int, int] = {}  # how many times each running worker has been asked
 
-    def on_interrupt(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True  # the workers got the same Ctrl-C, and stop on their own
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal asked, requests
+        asked = asked or signum
+        requests += 1  # told below: a handler that sent signals itself could send one twice
+
+    def stop_the_others(name: str, what: str) -> None:
+        """A worker ended abnormally: the others stop at a checkpoint."""
+        nonlocal requests
+        advice = "the others stopped at a checkpoint: resume with the same command and --ckpt_path last"
+        failures.append(WorkerDied(f"{name}: its worker process {what}; {advice}"))
+        requests = max(requests, 1)
 
     def halted() -> bool:
-        """No new network starts after a failure or Ctrl-C."""
-        return bool(failures or stopped or interrupted)
+        """No new network starts after a failure or a stop request."""
+        return bool(failures or stopped or requests)
 
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    previous_handlers = take_signals({signal.SIGINT: on_signal, signal.SIGTERM: on_signal})
     try:
         while running or (waiting and not halted()):
             while waiting and len(running) < jobs and not halted():
                 slot, (name, model_class) = waiting.pop(0)
                 process = context.Process(
-                    target=_worker, args=(train_one, updates, slot, jobs, (name, model_class, config, parser))
+                    target=_worker,
+                    args=(train_one, updates, slot, jobs, os.getpid(), (name, model_class, config, parser)),
                 )
-                process.start()
+                # Held back while forking: a worker takes them with its own handlers, not the parent's.
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    process.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 running[slot] = name, process
             # A worker reports before it ends, so one that ended unreported died (killed, out of memory).
             for slot, (name, process) in list(running.items()):
                 if process.exitcode not in (None, 0):
                     running.pop(slot)
-                    failures.append(WorkerDied(f"{name}: its worker process died (exit status {process.exitcode})"))
+                    stop_the_others(name, f"died (exit status {process.exitcode})")
+            for slot, (_, process) in running.items():
+                for _ in range(requests - told.get(slot, 0)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, PARENT_ASKS)
+                told[slot] = requests
             try:
-                kind, slot, payload = updates.get(timeout=1)
+                kind, slot, payload = updates.get(timeout=0.2)  # signals and deaths are handled between reports
             except queue.Empty:
                 continue
             if kind == "open":  # running networks' bars share the lines below the finished ones
@@ -150,22 +213,29 @@ def train_in_parallel(
                 bar.close()
                 tqdm.write(finished, file=sys.stderr)  # stays, above the running bars
             else:
+                name = networks[slot][0]
                 if slot in running:  # else already reported dead
                     running.pop(slot)[1].join()
                 if kind == "done":
                     results[slot] = payload
                 elif kind == "stopped":
-                    stopped[slot] = payload
+                    summary, checkpoint, signum = payload
+                    stopped[slot] = summary, checkpoint
+                    if not requests:  # a stop of its own (a signal to the worker alone)
+                        stop_the_others(name, f"was stopped by {describe(signum)}")
                 else:
                     failures.append(payload)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        if asked:  # the command ends
+            ignore_stop_signals()
+        else:
+            restore_handlers(previous_handlers)
         for bar in bars.values():
             bar.close()
     runs = results | {slot: summary for slot, (summary, _) in stopped.items() if summary}
     summaries += [runs[slot] for slot in sorted(runs)]
+    checkpoints = [checkpoint for _, checkpoint in stopped.values() if checkpoint]
+    if asked:
+        raise RunInterrupted(checkpoint=checkpoints[-1] if checkpoints else "", signum=asked)  # runs: in `summaries`
     if failures:
         raise failures[0]
-    checkpoints = [checkpoint for _, checkpoint in stopped.values() if checkpoint]
-    if stopped or interrupted:
-        raise RunInterrupted(checkpoint=checkpoints[-1] if checkpoints else "")  # its runs are in `summaries`

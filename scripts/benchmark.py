@@ -4,7 +4,8 @@
     python scripts/benchmark.py --accelerator gpu      # about 2 minutes on one H100
 
 Each case runs the plain loop and the Trainer path (the main command's own code, with its default
-logging, progress bar and checkpoints) on the same device, and reports their ratio.
+logging, progress bar and checkpoints) on the same device, and reports their ratio. One more case fits
+`Sequential()` as a Lightning user would from Python (their Trainer, default logger and progress bar).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from mlnet_lightning.baseline import fit_plain, fit_tutorial, one_cpu_thread
 from mlnet_lightning.cli import _quiet_lightning, build_parser, train_one
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
+from mlnet_lightning.models import TUTORIAL_MODELS, Sequential, TutorialModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +49,12 @@ def wide_network() -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
 
 
-def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobData, *options: str):
+def trainer_run(model_class, name: str, accelerator: str, root: str, data: BlobData, epochs: int, *options: str):
     """The main command's path for one network; returns (wall seconds, summary)."""
     parser = build_parser()
     # Pictures off: their cost has its own budget and measurement (docs/benchmarks.md, "Pictures").
     command = ["--model", name, "--accelerator", accelerator, "--default_root_dir", root, "--pictures", "false"]
-    config = parser.parse_args([*command, "--epochs", str(data.epochs), *options])
+    config = parser.parse_args([*command, "--max_epochs", str(epochs), *options])
     start = time.perf_counter()
     summary = train_one(name, model_class, config, parser, data=data)
     return time.perf_counter() - start, summary
@@ -67,18 +70,52 @@ def tutorial_case(name: str, accelerator: str, device: torch.device, root: str, 
         with one_cpu_thread():  # as the Trainer path runs these small batches (data.py)
             plain = fit_tutorial(name, *on_device(BlobData(), device), epochs=10_000)
         plain_times.append(plain.seconds)
-        seconds, summary = trainer_run(TUTORIAL_MODELS[name], name, accelerator, root, BlobData(epochs=10_000))
+        seconds, summary = trainer_run(TUTORIAL_MODELS[name], name, accelerator, root, BlobData(), 10_000)
         trainer_times.append(seconds)
     return row(f"{name} 10k epochs", summary, 10_000, plain_times, trainer_times, plain.losses[-1])
 
 
+def python_api_case(repeats: int) -> dict:
+    """`Sequential()` fitted as a Lightning user writes it (their Trainer, default logger and progress bar)
+    against the plain loop that records nothing; both on one CPU thread."""
+    plain_times, trainer_times = [], []
+    for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
+        data = BlobData()
+        with one_cpu_thread():
+            plain = fit_tutorial("sequential", data.x_train, data.y_train, data.x_val, data.y_val, 10_000, record=False)
+        plain_times.append(plain.seconds)
+        with tempfile.TemporaryDirectory() as root, one_cpu_thread():
+            checkpoints = ModelCheckpoint(every_n_epochs=1000, save_last=True)
+            trainer = L.Trainer(
+                max_epochs=10_000, check_val_every_n_epoch=100, callbacks=[checkpoints], default_root_dir=root
+            )
+            model = Sequential()
+            start = time.perf_counter()
+            trainer.fit(model, BlobData())
+            trainer_times.append(time.perf_counter() - start)
+    assert trainer.current_epoch == 10_000, trainer.current_epoch
+    summary = {"device": "cpu", "final_loss": float(trainer.callback_metrics["train/loss"])}
+    return row("Python API: Trainer(...).fit(Sequential(), BlobData()), 10k epochs vs plain loop recording nothing",
+               summary, 10_000, plain_times, trainer_times, plain.losses[-1])  # fmt: skip
+
+
+def five_plain_loops() -> float:
+    """The tutorial's five plain loops one after the other in one process, recording every epoch (seconds)."""
+    data = BlobData()
+    with one_cpu_thread():
+        runs = [
+            fit_tutorial(name, data.x_train, data.y_train, data.x_val, data.y_val, 10_000) for name in TUTORIAL_MODELS
+        ]
+    return sum(run.seconds for run in runs)
+
+
 def large_case(batch_size: int | None, epochs: int, accelerator: str, device: torch.device, root: str) -> dict:
-    data = BlobData(n_samples=1_000_000, epochs=epochs, epochs_per_step=epochs, batch_size=batch_size)
+    data = BlobData(n_samples=1_000_000, batch_size=batch_size)
     torch.manual_seed(0)
     net = wide_network().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
     plain = fit_plain(net, F.cross_entropy, optimizer, *on_device(data, device), epochs, batch_size=batch_size)
-    seconds, summary = trainer_run(Wide, "wide", accelerator, root, data)
+    seconds, summary = trainer_run(Wide, "wide", accelerator, root, data, epochs)
     label = f"2-256-256-4, 1M points, {'full batch' if batch_size is None else f'batch {batch_size}'}"
     return row(label, summary, epochs, [plain.seconds], [seconds], plain.losses[-1])
 
@@ -101,8 +138,9 @@ def row(case: str, summary: dict, epochs: int, plain_times: list, trainer_times:
     }
 
 
-def main_command_case(repeats: int, *options: str) -> dict:
-    """Wall time of `python scripts/train.py --accelerator cpu`, start-up included."""
+def main_command_case(repeats: int, plain_s: float, *options: str) -> dict:
+    """Wall time of `python scripts/train.py --accelerator cpu`, start-up included, against the five plain
+    loops in one process (`plain_s`)."""
     times = []
     with tempfile.TemporaryDirectory() as root:
         for _ in range(repeats):
@@ -110,10 +148,13 @@ def main_command_case(repeats: int, *options: str) -> dict:
             command = [sys.executable, "scripts/train.py", "--accelerator", "cpu", "--default_root_dir", root]
             subprocess.run([*command, *options], cwd=ROOT, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
+    wall = statistics.median(times)
     return {
-        "case": " ".join(["main command", *options]) + ", wall (5 networks x 10k epochs)",
+        "case": " ".join(["main command", *options]) + ", wall (5 networks x 10k epochs) vs 5 plain loops",
         "device": "cpu",
-        "trainer_s": round(statistics.median(times), 2),
+        "plain_s": round(plain_s, 2),
+        "trainer_s": round(wall, 2),
+        "ratio": round(wall / plain_s, 3),
         "runs": repeats,
     }
 
@@ -123,9 +164,9 @@ def seeds_case(copies: int, epochs: int, accelerator: str, root: str, repeats: i
     network = TUTORIAL_MODELS["sequential"]
     one_times, stacked_times = [], []
     for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
-        seconds, one = trainer_run(network, "sequential", accelerator, root, BlobData(epochs=epochs))
+        seconds, one = trainer_run(network, "sequential", accelerator, root, BlobData(), epochs)
         one_times.append(seconds)
-        seconds, stacked = trainer_run(network, "sequential", accelerator, root, BlobData(epochs=epochs),
+        seconds, stacked = trainer_run(network, "sequential", accelerator, root, BlobData(), epochs,
                                        "--seeds", str(copies))  # fmt: skip
         stacked_times.append(seconds)
     one_s, stacked_s = statistics.median(one_times), statistics.median(stacked_times)
@@ -182,8 +223,11 @@ def main() -> None:
             rows.append(large_case(None, epochs, args.accelerator, device, root))
             rows.append(large_case(4096, 2 if args.accelerator == "cpu" else 5, args.accelerator, device, root))
     if args.accelerator == "cpu":
-        rows.append(main_command_case(args.repeats))  # the networks at once, one process each (the default)
-        rows.append(main_command_case(1, "--jobs", "1"))  # one after the other, in one process
+        rows.append(python_api_case(args.repeats))
+        print_table(rows[-1:])
+        plain_s = five_plain_loops()
+        rows.append(main_command_case(args.repeats, plain_s))  # the networks at once, one process each (the default)
+        rows.append(main_command_case(1, plain_s, "--jobs", "1"))  # one after the other, in one process
     print()
     print_table(rows)
     copies, epochs = (100, 2_000) if args.accelerator == "cpu" else (1_000, 10_000)  # targets: 10x, 2x

@@ -1,0 +1,244 @@
+"""Epochs replayed from a captured graph, tested on any device with a stand-in graph that replays by
+running the captured step again (mlnet_lightning.replay.EagerGraph): the replayed path follows the plain
+loop, and every way a graph can fail (capture, a replay that trains something else, a replay that raises)
+leaves the run with exactly the numbers of a run without replay, and one warning."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from itertools import count
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+
+from mlnet_lightning import replay
+from mlnet_lightning.baseline import fit_tutorial
+from mlnet_lightning.data import BlobData
+from mlnet_lightning.fastpath import descend
+from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Sequential
+from mlnet_lightning.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
+from mlnet_lightning.seeds import StackedCopies
+
+EPOCHS = 300  # three bulks of 99 epochs, each followed by a validation epoch that Lightning runs itself
+REPLAYED = EPOCHS - 3 - WARMUP_EPOCHS - CHECKED_EPOCHS  # the rest of the bulks' epochs replay
+
+
+class Points(Logger):
+    """Keeps every logged point: what a TensorBoard or CSV logger would write."""
+
+    name, version = "points", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: list[tuple[int, str, float]] = []
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.points += [(step, name, float(value)) for name, value in sorted(metrics.items())]
+
+    def series(self, name: str) -> list[float]:
+        return [value for _, key, value in self.points if key == name]
+
+
+def fit(
+    model: L.LightningModule,
+    replayed: bool = True,
+    epochs: int = EPOCHS,
+    accelerator: str = "cpu",
+    data: BlobData | None = None,
+    **trainer_options,
+) -> tuple[L.LightningModule, L.Trainer, Points]:
+    """Fit as a user would, validating every 100 epochs; the replay on or off."""
+    model.replay = replayed
+    logger = Points()
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        check_val_every_n_epoch=100,
+        accelerator=accelerator,
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_options,
+    )
+    trainer.fit(model, datamodule=data or BlobData())
+    return model, trainer, logger
+
+
+def replayer_of(trainer: L.Trainer) -> ReplayedEpochs | None:
+    return getattr(trainer.optimizers[0], "_replayed_epochs", None)
+
+
+def assert_same_fit(a: tuple, b: tuple, atol: float = 0.0) -> None:
+    """Same parameters, logged points and counters (exactly, unless atol)."""
+    (model_a, trainer_a, logger_a), (model_b, trainer_b, logger_b) = a, b
+    assert (trainer_a.current_epoch, trainer_a.global_step) == (trainer_b.current_epoch, trainer_b.global_step)
+    for (name, value), expected in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        torch.testing.assert_close(value.cpu(), expected.cpu(), rtol=0, atol=atol, msg=name)
+    assert [(step, name) for step, name, _ in logger_a.points] == [(step, name) for step, name, _ in logger_b.points]
+    assert [v for *_, v in logger_a.points] == pytest.approx([v for *_, v in logger_b.points], rel=0, abs=atol)
+
+
+def fallback_warnings(caught: list) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, ReplayFallback)]
+
+
+class CountingGraph(EagerGraph):
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        super().replay()
+
+
+class FailingCapture(EagerGraph):
+    """A capture that gets through the epoch's Python, changing what it ran, and then fails, as a CUDA
+    capture does at a host sync (`.item()`, a data-dependent shape)."""
+
+    def capture(self, step) -> None:
+        step()
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n(the rest of it)")
+
+
+class TwoEpochGraph(EagerGraph):
+    """A graph that replays something else than the eager epoch: here, two epochs at once."""
+
+    def replay(self) -> None:
+        self.step()
+        self.step()
+
+
+class BreakingGraph(EagerGraph):
+    """A graph whose 150th replay raises (in the second bulk, long after it was checked and trusted)."""
+
+    def __init__(self) -> None:
+        self.replays = count(1)
+
+    def replay(self) -> None:
+        if next(self.replays) == 150:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        self.step()
+
+
+def stand_in(monkeypatch, graph=CountingGraph) -> None:
+    """Let epochs replay on the CPU, from `graph`."""
+    monkeypatch.setitem(replay.GRAPHS, "cpu", graph)
+
+
+@pytest.mark.parametrize("name", ["scratch", "parameter", "sequential"])
+def test_replayed_epochs_follow_the_plain_loop(monkeypatch, name):
+    stand_in(monkeypatch)
+    data = BlobData()
+    plain = fit_tutorial(name, data.x_train, data.y_train, data.x_val, data.y_val, epochs=EPOCHS)
+    _, trainer, logger = fit(TUTORIAL_MODELS[name](), data=data)
+    replayer = replayer_of(trainer)
+    assert replayer.replayed == REPLAYED and replayer.graph.replays == REPLAYED + CHECKED_EPOCHS
+    assert not replayer.failed
+    assert trainer.current_epoch == trainer.global_step == EPOCHS
+    assert logger.series("train/loss") == pytest.approx(plain.losses, abs=1e-6)
+    assert logger.series("train/acc") == pytest.approx(plain.train_accs, abs=1e-6)
+    assert logger.series("val/acc")[-1] == pytest.approx(plain.val_acc, abs=1e-6)
+
+
+def stacked_copies() -> StackedCopies:
+    return StackedCopies(Sequential, seeds=range(3), lrs=[0.1, 0.2], num_features=2, num_classes=4)
+
+
+def sgd_with_momentum() -> Sequential:
+    return Sequential(optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}})
+
+
+@pytest.mark.parametrize(
+    "network",
+    [MODELS["functional"], MODELS["linear"], MODELS["mlp"], partial(Sequential, logits=True), stacked_copies,
+     sgd_with_momentum],
+    ids=["functional", "linear", "mlp", "logits", "seeds", "momentum"],
+)  # fmt: skip
+def test_replayed_fit_equals_eager_fit(monkeypatch, network):
+    stand_in(monkeypatch)
+    replayed = fit(network())
+    assert replayer_of(replayed[1]).replayed == REPLAYED
+    assert_same_fit(replayed, fit(network(), replayed=False))
+
+
+@pytest.mark.parametrize(
+    ("graph", "name", "why"),
+    [
+        (FailingCapture, "scratch", "capturing its epoch failed (RuntimeError: CUDA error: operation not permitted"),
+        (FailingCapture, "sequential", "capturing its epoch failed"),
+        (TwoEpochGraph, "parameter", "its replayed epochs differ from its eager epochs by up to"),
+        (TwoEpochGraph, "linear", "its replayed epochs differ from its eager epochs by up to"),
+        (BreakingGraph, "functional", "replaying its epoch failed (RuntimeError: CUDA error: an illegal memory"),
+        (BreakingGraph, "sequential", "replaying its epoch failed"),
+    ],
+)
+def test_a_graph_that_fails_leaves_the_numbers_of_an_eager_run(monkeypatch, graph, name, why):
+    stand_in(monkeypatch, graph)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replayed = fit(TUTORIAL_MODELS[name]())
+    messages = fallback_warnings(caught)
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert messages[0].startswith(f"{TUTORIAL_MODELS[name].__name__}: {why}")
+    replayer = replayer_of(replayed[1])
+    assert replayer.failed and replayer.graph is None
+    assert replayer.replayed == (149 - CHECKED_EPOCHS if graph is BreakingGraph else 0)
+    assert_same_fit(replayed, fit(TUTORIAL_MODELS[name](), replayed=False))
+
+
+STEP_LR = "torch.optim.lr_scheduler.StepLR"
+
+
+@pytest.mark.parametrize(
+    ("network", "options"),
+    [
+        (partial(Sequential, lr_scheduler={"class_path": STEP_LR, "init_args": {"step_size": 10}}), {}),
+        (partial(Sequential, optimizer={"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}), {}),
+        (Sequential, {"precision": "64-true"}),
+        (Sequential, {"replayed": False}),
+    ],
+    ids=["scheduler", "adam", "64-bit", "switched off"],
+)
+def test_epochs_replay_only_where_a_graph_can_hold(monkeypatch, network, options):
+    stand_in(monkeypatch)
+    model, trainer, logger = fit(network(), epochs=120, **options)
+    assert replayer_of(trainer) is None
+    assert trainer.global_step == 120 and len(logger.series("train/loss")) == 120
+
+
+def test_mini_batches_train_eagerly(monkeypatch):
+    stand_in(monkeypatch)
+    _, trainer, _ = fit(Sequential(), epochs=5, data=BlobData(batch_size=100))
+    assert replayer_of(trainer) is None and trainer.global_step == 5 * 8
+
+
+@pytest.mark.parametrize("stop_after", [2, WARMUP_EPOCHS + 1, 50])
+def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, stop_after):
+    """Stopped in the warm-up, in the check (too few epochs compared: the next bulk captures anew) or in the
+    replays (records read out of 16-epoch buffers); then a second bulk: the same epochs as the eager loop."""
+    monkeypatch.setattr(replay, "CAPACITY", 16)
+    data = BlobData()
+    x, y = data.x_train, data.y_train
+    models = [Sequential(), Sequential()]
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.2) for model in models]
+    updates = [partial(descend, optimizer) for optimizer in optimizers]
+    replayer = ReplayedEpochs(EagerGraph, "Sequential")
+    calls = count()
+    records = replayer.train(models[0], optimizers[0], x, y, updates[0], 100, lambda: next(calls) >= stop_after)
+    assert len(records) == stop_after
+    assert (replayer.graph is None) == (stop_after <= WARMUP_EPOCHS + 1) and not replayer.failed
+    records += replayer.train(models[0], optimizers[0], x, y, updates[0], 40, lambda: False)
+    eager = [models[1].train_epoch(x, y, updates[1]) for _ in range(stop_after + 40)]
+    assert replayer.replayed > 0
+    for (loss, output), (eager_loss, eager_output) in zip(records, eager, strict=True):
+        assert torch.equal(loss, eager_loss) and torch.equal(output, eager_output)
+    for param, eager_param in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(param, eager_param)
