@@ -111,10 +111,13 @@ def test_ctrl_c_prints_the_summary_so_far_exits_130_and_resumes_exactly(tmp_path
     stdout, stderr = victim.communicate(timeout=120)
     assert victim.returncode == 130
     assert "Traceback" not in stderr and "--ckpt_path last" in stderr
-    assert epoch_of(last) < LAST_EPOCH
+    stopped = torch.load(last, weights_only=True)
+    assert stopped["epoch"] < LAST_EPOCH
     model, _, final_loss, train_acc, val_acc, *_ = stdout.splitlines()[1].split()
     assert model == "linear"  # the summary so far: the newest numbers on the curves
-    newest = {tag: points[-1][1] for tag, points in read_scalars(run_dir).items()}
+    scalars = read_scalars(run_dir)
+    assert scalars["train/loss"][-1][0] == stopped["global_step"] - 1  # the checkpoint holds every epoch trained
+    newest = {tag: points[-1][1] for tag, points in scalars.items()}
     assert float(final_loss) == pytest.approx(newest["train/loss"], abs=1e-6)
     assert (float(train_acc), float(val_acc)) == pytest.approx((newest["train/acc"], newest["val/acc"]), abs=1e-4)
     assert not (run_dir / "summary.json").exists()  # an interrupted run does not look finished
