@@ -26,7 +26,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import LRScheduler
@@ -151,6 +151,9 @@ def build_parser() -> LightningArgumentParser:
     parser.add_optimizer_args()
     parser.add_lr_scheduler_args((LRScheduler,))
     parser.add_class_arguments(L.Trainer, None)
+    # A logger given by --logger writes under --default_root_dir, as Lightning's default one does (its
+    # save_dir, a required argument of CSVLogger and TensorBoardLogger, need not be given).
+    parser.link_arguments("default_root_dir", "logger.init_args.save_dir", apply_on="parse")
     parser.set_defaults(
         {
             "max_epochs": 10_000,
@@ -278,22 +281,33 @@ def train_one(
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(EpochProgressBar(make_bar))
     # last.ckpt every --checkpoint_every epochs, and the best by val/acc. A callback of its own writes
-    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved.
-    latest = ModelCheckpoint(filename="last", every_n_epochs=config.checkpoint_every, enable_version_counter=False)
+    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved. It
+    # saves once the epoch has ended (after its validation): a checkpoint saved at a validation's end
+    # resumes inside that epoch, whose end then runs and logs a second time.
+    latest = ModelCheckpoint(
+        filename="last",
+        every_n_epochs=config.checkpoint_every,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
     if trainer_options["enable_checkpointing"] is not False:
         # The best first: last.ckpt, written after it at the same validation, then records its choice.
         callbacks += [BestCheckpoint(), latest]
-    run_config = config.clone()
-    run_config.model = name if config.model == "all" else config.model
-    callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
-    run_options = {"data": {"name": type(data).__name__, **data.hparams}}
+    # fast_dev_run is a dry run: Lightning writes no logs or checkpoints, and the run writes nothing either.
+    dry_run = bool(trainer_options["fast_dev_run"])
+    if not dry_run:
+        run_config = config.clone()
+        run_config.model = name if config.model == "all" else config.model
+        callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    # The run's length and data beside the network's options, so that HPARAMS compares runs by them too.
+    run_options = {"max_epochs": config.max_epochs, "data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
-    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config)))
+    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config) and not dry_run))
     logger = trainer_options.pop("logger")
     if logger in (None, True):
         logger = run_logger(runs_dir, resume)
     elif logger is not False:
-        logger = instantiate_all(logger)
+        logger = users_loggers(logger, runs_dir)
     try:
         trainer = L.Trainer(**trainer_options, logger=logger, callbacks=callbacks)
     except MisconfigurationException as error:
@@ -331,6 +345,23 @@ def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
     if classes is None:
         return []
     return [instantiate_class((), c.as_dict()) for c in (classes if isinstance(classes, list) else [classes])]
+
+
+def users_loggers(loggers: Namespace | list[Namespace], runs_dir: Path) -> list[Logger]:
+    """The loggers --logger names, writing where the default one does: under --default_root_dir, in the
+    network's folder (`<default_root_dir>/<network>/version_N`) unless given a `name` of their own."""
+    made = []
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        spec = spec.clone()
+        options = spec.get("init_args") or Namespace()
+        if "save_dir" in options:
+            options.save_dir = str(runs_dir.parent)
+        module, _, class_name = spec.class_path.rpartition(".")
+        name = inspect.signature(getattr(importlib.import_module(module), class_name)).parameters.get("name")
+        if name is not None and options.get("name") == name.default:
+            options.name = runs_dir.name
+        made += instantiate_all(spec)
+    return made
 
 
 def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
@@ -380,8 +411,36 @@ def _cell(value: Any, column: str) -> str:
     return "" if value is None else str(value)
 
 
+# The project's former names of Trainer options.
+RENAMED = {"--epochs": "--max_epochs", "--data.val_every": "--check_val_every_n_epoch"}
+# Options that take one class or a list of them: given again, they add one more (jsonargparse's own
+# `--callbacks+ X`) rather than replace the one before.
+LIST_OPTIONS = ("callbacks", "logger")
+
+
+def appending_repeats(argv: list[str]) -> list[str]:
+    """`--callbacks A ... --callbacks B` as `--callbacks A ... --callbacks+ B` (and the same for --logger)."""
+    seen: set[str] = set()
+    rewritten = []
+    for arg in argv:
+        option, equals, value = arg.partition("=")
+        name = option.removeprefix("--").removesuffix("+")
+        if option.startswith("--") and name in LIST_OPTIONS:
+            if name in seen and not option.endswith("+"):
+                arg = f"--{name}+{equals}{value}"
+            seen.add(name)
+        rewritten.append(arg)
+    return rewritten
+
+
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
     """The options, and the networks they name; raises ArgumentError or UsageError."""
+    argv = appending_repeats(sys.argv[1:] if argv is None else argv)
+    if any(arg.startswith("--logger.") and "save_dir" in arg for arg in argv):
+        raise UsageError("--logger.save_dir: loggers write under --default_root_dir: give that instead")
+    for old, new in RENAMED.items():
+        if any(arg.partition("=")[0] == old for arg in argv):
+            raise UsageError(f"{old} is gone: Lightning's {new} says it (an epoch is one pass over the data)")
     config = parser.parse_args(argv)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]

@@ -3,7 +3,7 @@
 Each config (or, without configs, each network the options name) trains in turn; its TensorBoard
 run lands in <default_root_dir>/compare/<config name>/, so `tensorboard --logdir
 lightning_logs/compare` overlays their curves. One table, best validation accuracy first, ends it.
-Options after the configs apply to every run (for example --epochs 500).
+Options after the configs apply to every run (for example --max_epochs 500).
 """
 
 from __future__ import annotations

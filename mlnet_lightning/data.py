@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from sklearn.datasets import make_blobs, make_circles, make_moons
@@ -86,8 +87,8 @@ class ClassificationData(L.LightningDataModule):
         """
         Args:
             batch_size: mini-batch size; None trains on the full batch, as the tutorial does.
-            test_size: points of a separate test split, drawn with the others and set aside before the
-                75/25 split; 0 (the tutorial's way) tests on the held-out 25%.
+            test_size: points of a separate test split, drawn from the same distribution after the
+                others; 0 (the tutorial's way) tests on the held-out 25%.
             seed: seed of the data, the splits and mini-batch shuffling.
         """
         super().__init__()
@@ -99,16 +100,17 @@ class ClassificationData(L.LightningDataModule):
         if test_size < 0:
             raise ValueError(f"test_size must be a non-negative integer, got {test_size}")
         self.seed = seed
-        features, labels = self.make(self.n_samples + test_size)
-        if test_size:
-            features, x_test, labels, y_test = train_test_split(
-                features, labels, test_size=test_size, stratify=labels, random_state=seed
-            )
+        # One stream draws the tutorial's points, then the test split's: the tutorial's split and numbers
+        # stay the same whatever test_size is.
+        random_state = np.random.RandomState(seed)
+        features, labels = self.make(self.n_samples, random_state)
         x_train, x_val, y_train, y_val = train_test_split(features, labels, stratify=labels, random_state=seed)
         self.x_train, self.x_val = (torch.as_tensor(x, dtype=torch.float32) for x in (x_train, x_val))
         self.y_train, self.y_val = (torch.as_tensor(y, dtype=torch.int64) for y in (y_train, y_val))
         if test_size:
-            self.x_test, self.y_test = torch.as_tensor(x_test, dtype=torch.float32), torch.as_tensor(y_test)
+            x_test, y_test = self.make(test_size, random_state)
+            self.x_test = torch.as_tensor(x_test, dtype=torch.float32)
+            self.y_test = torch.as_tensor(y_test, dtype=torch.int64)
         else:
             self.x_test, self.y_test = self.x_val, self.y_val
         # Lightning's batch-size tuner reads and sets this attribute, so it holds a number: all the points.
@@ -117,8 +119,9 @@ class ClassificationData(L.LightningDataModule):
         self.shares = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val)}
         self.shares["test"] = (self.x_test, self.y_test)
 
-    def make(self, n_samples: int):
-        """Return (features, labels) of `n_samples` points as numpy arrays."""
+    def make(self, n_samples: int, random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        """Return (features, labels) of `n_samples` points drawn with `random_state`; called again with the
+        same generator for a test split, which must come from the same distribution."""
         raise NotImplementedError
 
     @property
@@ -177,16 +180,19 @@ class BlobData(ClassificationData):
             cluster_std: standard deviation of each blob.
         """
         self.n_samples, self.centers, self.cluster_std = n_samples, centers, cluster_std
+        self.center_points: np.ndarray | None = None  # drawn with the first points; a test split reuses them
         super().__init__(**kwargs)
 
-    def make(self, n_samples: int):
-        return make_blobs(
+    def make(self, n_samples: int, random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        features, labels, self.center_points = make_blobs(
             n_samples=n_samples,
-            centers=self.centers,
+            centers=self.centers if self.center_points is None else self.center_points,
             n_features=2,
             cluster_std=self.cluster_std,
-            random_state=self.seed,
+            random_state=random_state,
+            return_centers=True,
         )
+        return features, labels
 
 
 class NoisyShapeData(ClassificationData):
@@ -207,8 +213,8 @@ class NoisyShapeData(ClassificationData):
 class MoonsData(NoisyShapeData):
     """`make_moons`: two interleaving half circles, the tutorial's suggested data that no line separates."""
 
-    def make(self, n_samples: int):
-        return make_moons(n_samples=n_samples, noise=self.noise, random_state=self.seed)
+    def make(self, n_samples: int, random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        return make_moons(n_samples=n_samples, noise=self.noise, random_state=random_state)
 
 
 class CirclesData(NoisyShapeData):
@@ -224,5 +230,5 @@ class CirclesData(NoisyShapeData):
         self.factor = factor
         super().__init__(**kwargs)
 
-    def make(self, n_samples: int):
-        return make_circles(n_samples=n_samples, noise=self.noise, factor=self.factor, random_state=self.seed)
+    def make(self, n_samples: int, random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        return make_circles(n_samples=n_samples, noise=self.noise, factor=self.factor, random_state=random_state)

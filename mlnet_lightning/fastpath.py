@@ -6,8 +6,8 @@ that supports it trains the epochs before the next one that anything could obser
 checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
 have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
 then Lightning's own. Anything this cannot vouch for (an unknown callback with epoch or batch hooks,
-mini-batches, gradient clipping or accumulation, mixed precision, several processes, a profiler, an
-overridden hook) makes it step aside: Lightning trains every epoch itself.
+mini-batches, gradient clipping or accumulation, mixed precision, a strategy other than one device, a
+profiler, an overridden step or batch hook) makes it step aside: Lightning trains every epoch itself.
 
 A module supports the fast path by defining, beside its ordinary Lightning steps:
 - `train_epoch(x, y, update)`: one epoch on the full batch, stepping with `update()`; returns a record
@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import (
     Timer,
 )
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
@@ -39,18 +40,21 @@ from mlnet_lightning.lightning_internals import (
     checkpoint_every_n_epochs,
     checks_every_train_epoch,
     count_epochs_trained,
+    keep_epoch_end_metrics,
     logger_step,
 )
 from mlnet_lightning.points import log_points
 from mlnet_lightning.replay import replayed_epochs
 
+# Hooks of a module or data module that would see each epoch's batch (the bulk reuses the one Lightning gave).
+BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 # Hooks that would run for every epoch or step: a module may not override them beyond its fast class's
 # own, and a callback that overrides them observes every epoch.
 MODULE_HOOKS = (
     "training_step", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_start", "on_train_epoch_end",
     "on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step", "optimizer_step",
     "on_before_zero_grad", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step",
-    "manual_backward", "log", "log_dict",
+    "manual_backward", "log", "log_dict", *BATCH_HOOKS,
 )  # fmt: skip
 CALLBACK_HOOKS = (
     "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start", "on_train_batch_end",
@@ -59,6 +63,12 @@ CALLBACK_HOOKS = (
 # Callbacks whose epoch hooks change nothing for epochs they do not see: progress bars draw, a
 # summary prints at the start, a Timer's deadline is checked epoch by epoch below.
 BLIND_CALLBACKS = (ProgressBar, ModelSummary, Timer)
+# Epochs trained in one bulk at most when nothing observes sooner: the loggers get their points at least
+# that often.
+MAX_BULK = 1000
+# The last seconds before `max_time` are Lightning's own epochs, so that its Timer ends the run after the
+# very epoch it would (a bulk could only notice the deadline after an epoch that crossed it).
+DEADLINE_MARGIN_S = 1.0
 
 
 def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int:
@@ -75,28 +85,31 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     if module.automatic_optimization:
         optimizer.zero_grad()  # as Lightning does before a step's backward: the last step left its gradients
     records, rates = [], []
-    replayer = replayed_epochs(module, optimizer, x, y)  # on CUDA: the epochs replayed from one captured graph
-    if replayer is not None:
-        records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
-    else:
-        for _ in range(ahead):
-            if stopping():
-                break
-            if schedulers:
-                rates.append(optimizer.param_groups[0]["lr"])
-            records.append(module.train_epoch(x, y, update))
-            for scheduler in schedulers:
-                scheduler.step()
-    if not records:
-        return 0
-    first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
-    points = module.epoch_points(records, y, rates, first_epoch)
+    # The context Lightning's training_step runs in (64-true: float64 as the default dtype).
+    with trainer.precision_plugin.train_step_context():
+        replayer = replayed_epochs(module, optimizer, x, y)  # on CUDA: the epochs replayed from one captured graph
+        if replayer is not None:
+            records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
+        else:
+            for _ in range(ahead):
+                if stopping():
+                    break
+                if schedulers:
+                    rates.append(optimizer.param_groups[0]["lr"])
+                records.append(module.train_epoch(x, y, update))
+                for scheduler in schedulers:
+                    scheduler.step()
+        if not records:
+            return 0
+        first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
+        points = module.epoch_points(records, y, rates, first_epoch)
     trained = len(records)
     columns = {name: values.tolist() for name, values in points.items()}
     columns["epoch"] = list(range(first_epoch, first_epoch + trained))  # as Lightning adds it
     log_points(trainer.loggers, range(first_step, first_step + trained), columns)
     for logger in trainer.loggers:
         logger.save()
+    keep_epoch_end_metrics(trainer, {name: values[-1].clone() for name, values in points.items()})
     count_epochs_trained(trainer, trained, trained * len(schedulers))
     return trained
 
@@ -108,6 +121,7 @@ def unobserved_epochs(trainer: L.Trainer, module: L.LightningModule) -> int:
         return 0
     epoch = trainer.current_epoch
     observed = [next_observed_by(callback, trainer, epoch) for callback in trainer.callbacks]
+    observed.append(epoch + MAX_BULK - 1)
     if trainer.max_epochs is not None and trainer.max_epochs >= 0:
         observed.append(trainer.max_epochs - 1)
     if trainer.max_steps >= 0:
@@ -115,7 +129,7 @@ def unobserved_epochs(trainer: L.Trainer, module: L.LightningModule) -> int:
     if trainer.enable_validation:
         every = trainer.check_val_every_n_epoch
         observed.append(epoch if every is None else next_multiple(epoch, every))
-    return max(0, min((e for e in observed if e is not None), default=epoch) - epoch)
+    return max(0, min(e for e in observed if e is not None) - epoch)
 
 
 def next_multiple(epoch: int, every: int) -> int:
@@ -147,12 +161,15 @@ def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
         return False
     if any(getattr(type(module), name) is not getattr(fast_class, name) for name in MODULE_HOOKS):
         return False
+    data = trainer.datamodule
+    if data is not None and any(getattr(type(data), h) is not getattr(L.LightningDataModule, h) for h in BATCH_HOOKS):
+        return False
     return (
         trainer.training
         and not trainer.sanity_checking
         and not trainer.should_stop
         and not trainer.received_sigterm
-        and trainer.world_size == 1
+        and isinstance(trainer.strategy, SingleDeviceStrategy)  # one process, the module not wrapped
         and trainer.precision in ("32-true", "64-true")
         and trainer.num_training_batches == 1
         and getattr(trainer.train_dataloader, "full_batch", False)  # the very same batch every epoch
@@ -175,14 +192,14 @@ def plain_schedule(config) -> bool:
 
 
 def stop_condition(trainer: L.Trainer) -> Callable[[], bool]:
-    """What ends a bulk of epochs early, checked before each: a stop request (Ctrl-C, SIGTERM) or the
-    end of `max_time`, which Lightning's own loop would heed at the end of that epoch."""
+    """What ends a bulk of epochs early, checked before each: a stop request (Ctrl-C, SIGTERM) or
+    `max_time` drawing near (DEADLINE_MARGIN_S)."""
     timers = [callback for callback in trainer.callbacks if isinstance(callback, Timer)]
     timer = timers[0] if timers and timers[0].time_remaining() is not None else None
 
     def stopping() -> bool:
-        out_of_time = timer is not None and timer.time_remaining() <= 0
-        return trainer.should_stop or trainer.received_sigterm or out_of_time
+        near_deadline = timer is not None and timer.time_remaining() <= DEADLINE_MARGIN_S
+        return trainer.should_stop or trainer.received_sigterm or near_deadline
 
     return stopping
 
@@ -192,7 +209,10 @@ def plain_update(module: L.LightningModule, optimizer: torch.optim.Optimizer) ->
     (manual optimization) steps alone; torch.optim steps, then clears the gradients (Lightning clears
     them just before the next backward, which leaves the same numbers)."""
     if not module.automatic_optimization:
-        return optimizer.step
+        # A HandUpdate without hooks steps by the network's own `update` alone: Optimizer.step's wrapper
+        # (hooks, profiling) costs 30 of the 380 us of scratch's epoch.
+        hand_update = getattr(optimizer, "update", None)
+        return hand_update if callable(hand_update) and not has_step_hooks(optimizer) else optimizer.step
     if is_plain_sgd(optimizer):
         return partial(descend, optimizer)
     return partial(step_and_clear, optimizer)
@@ -203,14 +223,18 @@ def step_and_clear(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
+def has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether Python hooks run around `optimizer`'s steps (its own or torch's global ones)."""
+    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
+    return any(hooks) or bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
+
+
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a step of `optimizer` is exactly p -= lr * grad: SGD without momentum, weight decay,
     maximize or step hooks."""
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
     return (
         type(optimizer) is torch.optim.SGD
-        and not any(hooks)
-        and not (_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
+        and not has_step_hooks(optimizer)
         and all(g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"] for g in optimizer.param_groups)
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor
 
 
 def count_epochs_trained(trainer: L.Trainer, epochs: int, scheduler_steps: int) -> None:
@@ -30,12 +31,23 @@ def count_epochs_trained(trainer: L.Trainer, epochs: int, scheduler_steps: int) 
         optimizer.zero_grad.total.ready += epochs
         optimizer.zero_grad.total.started += epochs
         optimizer.zero_grad.total.completed += epochs
-    else:
-        steps = epoch_loop.manual_optimization.optim_step_progress.total
-        steps.ready += epochs
-        steps.completed += epochs
+    else:  # a manual optimization's counters are never reset by epoch: "current" counts all steps too
+        progress = epoch_loop.manual_optimization.optim_step_progress
+        for steps in (progress.total, progress.current):
+            steps.ready += epochs
+            steps.completed += epochs
     epoch_loop.scheduler_progress.total.ready += scheduler_steps
     epoch_loop.scheduler_progress.total.completed += scheduler_steps
+
+
+def keep_epoch_end_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
+    """Leave `metrics` (an epoch's values, logged with self.log's defaults: to the loggers, not the progress
+    bar) in `trainer.callback_metrics` and `trainer.logged_metrics`, as Lightning's epoch-end logging would:
+    a callback's `on_train_epoch_end` runs before the module's, so it sees the previous epoch's values of
+    what the module logs there."""
+    connector = trainer._logger_connector
+    connector._callback_metrics.update(metrics)
+    connector._logged_metrics.update(metrics)
 
 
 def logger_step(trainer: L.Trainer) -> int:

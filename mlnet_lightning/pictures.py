@@ -189,11 +189,12 @@ class Pictures(L.Callback):
         before it in bulk)."""
         if self.grid is None:
             return None
-        return min(max(epoch, self.next_snapshot - 1), trainer.max_epochs - 1)
+        due = max(epoch, self.next_snapshot - 1)
+        return min(due, trainer.max_epochs - 1) if trainer.max_epochs >= 0 else due
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.current_epoch + 1  # Lightning counts the epoch once it has ended
-        if self.grid is not None and (done >= self.next_snapshot or done >= trainer.max_epochs):
+        if self.grid is not None and (done >= self.next_snapshot or done == trainer.max_epochs):
             self.snapshot(trainer, pl_module, done)
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
@@ -203,7 +204,8 @@ class Pictures(L.Callback):
         image = shade(*predict_grid(pl_module, self.grid), data.num_classes)
         image = draw_points(image, self.grid, data.x_train, data.y_train)
         self.log_image(trainer, "decision_boundary", image.numpy(), step)
-        every = max(1, math.ceil(trainer.max_epochs / self.snapshots))
+        # Unbounded runs (max_epochs -1) take one every 1,000 epochs.
+        every = max(1, math.ceil(trainer.max_epochs / self.snapshots)) if trainer.max_epochs > 0 else 1000
         self.next_snapshot = (step // every + 1) * every
 
     def log_image(self, trainer: L.Trainer, tag: str, image: np.ndarray, step: int) -> None:

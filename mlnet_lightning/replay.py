@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 WARMUP_EPOCHS = 3  # eager epochs before the capture, as CUDA graphs want (lazy initialisations, on a side stream)
 CHECKED_EPOCHS = 3  # replayed epochs compared with eager ones before the graph is trusted
@@ -125,10 +124,10 @@ def replayed_epochs(
 def replayable_step(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> bool:
     """Whether a step keeps all it changes in tensors and runs no Python hooks: a network's hand update
     (manual optimization) or torch.optim.SGD (whose learning rate the graph then holds fixed)."""
+    from mlnet_lightning.fastpath import has_step_hooks  # the fast path imports this module
     from mlnet_lightning.models.base import HandUpdate  # models/base.py imports the fast path, which imports this
 
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
-    if any(hooks) or _global_optimizer_pre_hooks or _global_optimizer_post_hooks:
+    if has_step_hooks(optimizer):
         return False
     if module.automatic_optimization:
         return type(optimizer) is torch.optim.SGD

@@ -196,6 +196,7 @@ class StackedCopies(L.LightningModule):
         self.register_buffer("step_sizes", torch.tensor(self.lrs).view(-1, 1, 1))
         self._check_against(copies)
         self.finals: dict[str, Tensor] = {}  # each copy's latest values
+        self._train_sums: Tensor | None = None
         self._val_sums: Tensor | None = None
         # Each learning rate's block of copies, and the suffix of its logged names.
         self.labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
@@ -255,9 +256,13 @@ class StackedCopies(L.LightningModule):
         self.optimizers().step()
         losses, accuracies = losses.detach(), self.accuracies(outputs.detach(), y)
         check_finite(losses.max().view(1), self.current_epoch)
+        # Each copy's numbers of the epoch so far, batches weighted by their size as self.log weighs them.
+        sums = torch.stack([losses, accuracies, torch.ones_like(losses)]) * len(y)
+        self._train_sums = sums if batch_idx == 0 else self._train_sums + sums
+        epoch_losses, epoch_accuracies = self._train_sums[:2] / self._train_sums[2]
         if self.current_epoch == 0:
-            self.finals["initial_loss"] = losses
-        self.finals.update({"train/loss": losses, "train/acc": accuracies})
+            self.finals["initial_loss"] = epoch_losses
+        self.finals.update({"train/loss": epoch_losses, "train/acc": epoch_accuracies})
         means = self.block_means({"train/loss": losses, "train/acc": accuracies})
         self.log_dict(means, on_step=False, on_epoch=True, batch_size=len(y))
         # For callbacks and the summary: the means over every copy.

@@ -53,14 +53,14 @@ def main() -> None:
         return one_run(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="sequential")
-    parser.add_argument("--epochs", type=int, default=10_000)
+    parser.add_argument("--max_epochs", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     runs: dict[str, list[dict[str, float]]] = {"false": [], "true": []}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
             for pictures in runs:
-                train_args = ["--model", args.model, "--epochs", str(args.epochs), "--pictures", pictures]
+                train_args = ["--model", args.model, "--max_epochs", str(args.max_epochs), "--pictures", pictures]
                 train_args += ["--default_root_dir", f"{folder}/{pictures}-{repeat}", "--enable_progress_bar", "false"]
                 command = [sys.executable, __file__, "--one-run", *train_args]
                 result = json.loads(subprocess.run(command, check=True, capture_output=True).stdout.splitlines()[-1])

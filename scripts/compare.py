@@ -1,4 +1,4 @@
-"""Train several configs and print one table: `python scripts/compare.py configs/*.yaml --epochs 500`."""
+"""Train several configs and print one table: `python scripts/compare.py configs/*.yaml --max_epochs 500`."""
 
 import sys
 

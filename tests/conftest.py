@@ -55,5 +55,5 @@ def linear_run(tmp_path_factory) -> Path:
     """The folder of a short linear run: 200 epochs, a checkpoint every 100."""
     root = tmp_path_factory.mktemp("linear_run")
     with one_cpu_thread():
-        train(root, "--model", "linear", "--epochs", "200", "--data.epochs_per_step", "100")
+        train(root, "--model", "linear", "--max_epochs", "200", "--checkpoint_every", "100")
     return root / "linear" / "version_0"

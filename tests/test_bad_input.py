@@ -36,8 +36,8 @@ CASES = [
     ("train.py", ["--lr", "0"], ["lr", "0"]),
     ("train.py", ["--lr", "-1"], ["lr", "-1"]),
     ("train.py", ["--lr", "fast"], ["lr", "fast"]),
-    ("train.py", ["--epochs", "0"], ["epochs", "0"]),
-    ("train.py", ["--epochs", "-5"], ["epochs", "-5"]),
+    ("train.py", ["--max_epochs", "fast"], ["--max_epochs", "int"]),
+    ("train.py", ["--max_epochs", "-5"], ["max_epochs", "-5"]),
     pytest.param("train.py", ["--accelerator", "gpu"], ["--accelerator gpu", "no CUDA GPU"], marks=NO_GPU),
     ("train.py", ["--accelerator", "cpu", "--devices", "999"], ["--devices 999", "CPU cores"]),
     ("train.py", ["--jobs", "2", "--devices", "2"], ["--jobs 2", "CPU only"]),
@@ -106,7 +106,7 @@ def paths(tmp_path, linear_run) -> dict[str, str]:
 def test_bad_input_is_one_line_naming_the_problem(program, args, named, paths, tmp_path, capsys):
     argv = [arg.format(**paths) for arg in args]
     if program == "train.py":  # its logs go under tmp_path; the case's own options come last and win
-        argv = ["--default_root_dir", f"{tmp_path}/logs", "--enable_progress_bar", "false", "--epochs", "5", *argv]
+        argv = ["--default_root_dir", f"{tmp_path}/logs", "--enable_progress_bar", "false", "--max_epochs", "5", *argv]
     assert PROGRAMS[program](argv) == 2
     stdout, stderr = capsys.readouterr()
     assert stderr.startswith(f"{program}: error: ") and stderr.count("\n") == 1, stderr

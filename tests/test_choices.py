@@ -69,13 +69,16 @@ def test_chosen_optimizer_is_the_one_that_trains(tmp_path):
     net, _ = tutorial_network("linear")
     adam = torch.optim.Adam(net.parameters(), lr=0.01)
     plain = fit_plain(net, F.cross_entropy, adam, data.x_train, data.y_train, data.x_val, data.y_val, 100)
-    summary = train(tmp_path, "--model", "linear", "--epochs", "100", "--optimizer", "Adam", "--optimizer.lr", "0.01")
+    summary = train(
+        tmp_path, "--model", "linear", "--max_epochs", "100", "--optimizer", "Adam", "--optimizer.lr", "0.01"
+    )
     assert summary["linear"]["final_loss"] == pytest.approx(plain.losses[-1], abs=1e-6)
     assert summary["linear"]["val_acc"] == pytest.approx(plain.val_acc, abs=1e-6)
 
 
 def test_schedule_steps_once_per_data_epoch(tmp_path):
-    """StepLR every 10 epochs, while a Lightning step trains 7: the rate follows the data epochs."""
+    """StepLR every 10 epochs, while the fast path trains 7 at a time between validations: the rate
+    follows the epochs."""
     data = BlobData()
     net, _ = tutorial_network("sequential", logits=True)
     sgd = torch.optim.SGD(net.parameters(), lr=0.2)
@@ -88,7 +91,7 @@ def test_schedule_steps_once_per_data_epoch(tmp_path):
         sgd.zero_grad()
         schedule.step()
         losses.append(loss.item())
-    args = ["--model", "sequential", "--logits", "true", "--epochs", "50", "--data.epochs_per_step", "7"]
+    args = ["--model", "sequential", "--logits", "true", "--max_epochs", "50", "--check_val_every_n_epoch", "7"]
     schedule_args = ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "10", "--lr_scheduler.gamma", "0.5"]
     summary = train(tmp_path, *args, *schedule_args)["sequential"]
     assert summary["final_loss"] == pytest.approx(losses[-1], abs=1e-6)

@@ -11,7 +11,7 @@ from tests.conftest import run_script, train
 def test_help_lists_the_models_and_trainer_options():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
-    for word in ("scratch", "functional", "parameter", "linear", "sequential", "--accelerator", "--epochs", "--lr"):
+    for word in ("scratch", "functional", "parameter", "linear", "sequential", "--accelerator", "--max_epochs", "--lr"):
         assert word in result.stdout
 
 
@@ -28,10 +28,10 @@ def test_unknown_model_is_one_line_and_status_2():
 
 
 def test_print_config_round_trips_through_config(tmp_path):
-    printed = run_script("train.py", "--model", "linear", "--epochs", "120", "--lr", "0.5", "--print_config")
+    printed = run_script("train.py", "--model", "linear", "--max_epochs", "120", "--lr", "0.5", "--print_config")
     assert printed.returncode == 0
     config = yaml.safe_load(printed.stdout)
-    assert (config["model"], config["epochs"], config["lr"]) == ("linear", 120, 0.5)
+    assert (config["model"], config["max_epochs"], config["lr"]) == ("linear", 120, 0.5)
     config["default_root_dir"] = str(tmp_path)
     config["enable_progress_bar"] = False
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
@@ -45,8 +45,9 @@ def test_print_config_round_trips_through_config(tmp_path):
 
 
 def test_runs_are_numbered_versions_with_a_last_checkpoint(tmp_path):
-    train(tmp_path, "--model", "scratch", "--epochs", "50")
-    train(tmp_path, "--model", "scratch", "--epochs", "50")
+    run = ("--model", "scratch", "--max_epochs", "50", "--check_val_every_n_epoch", "50", "--checkpoint_every", "50")
+    train(tmp_path, *run)
+    train(tmp_path, *run)
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["version_0", "version_1"]
     checkpoints = {p.name for p in (tmp_path / "scratch" / "version_1" / "checkpoints").iterdir()}
     assert checkpoints == {"last.ckpt", "epoch=49-best.ckpt"}
@@ -83,8 +84,9 @@ def test_a_plain_lightning_module_trains_through_the_same_command(tmp_path):
         )
     )
     result = run_script(
-        "train.py", "--model", "plain_net.PlainNet", "--epochs", "30", "--default_root_dir", "logs", cwd=tmp_path
-    )
+        "train.py", "--model", "plain_net.PlainNet", "--max_epochs", "30", "--check_val_every_n_epoch", "10",
+        "--default_root_dir", "logs", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "logs" / "plainnet" / "version_0" / "summary.json").read_text())
     assert summary["epochs"] == 30 and summary["val_acc"] > 0.5

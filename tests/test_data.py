@@ -1,6 +1,6 @@
 import torch
 
-from mlnet_lightning.data import BlobData, EpochChunk
+from mlnet_lightning.data import BlobData, TensorBatches
 
 
 def test_blobs_are_the_tutorials_split():
@@ -12,25 +12,24 @@ def test_blobs_are_the_tutorials_split():
     assert (data.num_features, data.num_classes) == (2, 4)
 
 
-def test_chunk_size_follows_data_size():
-    assert BlobData().epochs_per_step == 1000
-    assert BlobData(n_samples=40_000).epochs_per_step == 10
-    assert BlobData(epochs=250).lightning_epochs == 1
-    assert BlobData(epochs=2500, epochs_per_step=1000).lightning_epochs == 3
-
-
 def test_mini_batches_cover_every_point_once_per_epoch():
     data = BlobData(batch_size=64)
-    chunk = EpochChunk(data.x_train, data.y_train, range(2), batch_size=64, seed=0)
-    orders = [chunk.order(epoch) for epoch in chunk.epochs]
+    epoch = 0
+    loader = TensorBatches(data.x_train, torch.arange(750), batch_size=64, seed=0, epoch=lambda: epoch)
+    assert not loader.full_batch and len(loader) == 12
+    orders = []
+    for epoch in (0, 1, 0):  # noqa: B007 (read by the loader)
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [64] * 11 + [46]
+        orders.append(torch.cat([y for _, y in batches]))
+        assert torch.equal(torch.sort(orders[-1]).values, torch.arange(750))
     assert not torch.equal(orders[0], orders[1])
-    assert torch.equal(orders[0], chunk.order(0))  # a pure function of seed and epoch: resumable
-    batches = list(chunk.batches(orders[0]))
-    assert [len(y) for _, y in batches] == [64] * 11 + [46]
-    assert torch.equal(torch.sort(torch.cat([y for _, y in batches])).values, torch.sort(data.y_train).values)
+    assert torch.equal(orders[0], orders[2])  # a pure function of seed and epoch: resumable
 
 
-def test_validation_inside_a_chunk_leaves_its_end_to_the_trainer():
-    chunk = EpochChunk(torch.zeros(1, 2), torch.zeros(1), range(1000, 2000), val_every=100)
-    inside = [epoch for epoch in chunk.epochs if chunk.validates_inside(epoch)]
-    assert inside == list(range(1099, 1999, 100))
+def test_a_full_batch_is_the_same_tensors_every_epoch():
+    data = BlobData()
+    loader = TensorBatches(data.x_train, data.y_train)
+    assert loader.full_batch and len(loader) == 1 and data.batch_size == 750
+    ((x, y),) = list(loader)
+    assert x is data.x_train and y is data.y_train

@@ -24,8 +24,8 @@ def test_each_process_keeps_an_equal_slice_of_the_training_set():
 
 def test_two_ddp_processes_end_where_one_process_does(tmp_path):
     """750 points over 2 processes: DDP's mean of two 375-point gradients is the full-batch gradient,
-    at every one of the epochs that a Lightning step trains."""
-    options = ["--model", "sequential", "--epochs", "1000", "--accelerator", "cpu", "--enable_progress_bar", "false"]
+    at every epoch; the loss and accuracies are those of all the points."""
+    options = ["--model", "sequential", "--max_epochs", "300", "--accelerator", "cpu", "--enable_progress_bar", "false"]
     one = train(tmp_path / "one", *options)["sequential"]
     two_root = tmp_path / "two"
     ddp = ["--devices", "2", "--strategy", "ddp", "--default_root_dir", str(two_root)]
@@ -35,10 +35,10 @@ def test_two_ddp_processes_end_where_one_process_does(tmp_path):
     assert [p.name for p in (two_root / "sequential").iterdir()] == ["version_0"]
     assert (two_root / "sequential" / "version_0" / "decision_boundary.png").exists()  # drawn by rank 0
     two = json.loads((two_root / "sequential" / "version_0" / "summary.json").read_text())
-    assert two["epochs"] == one["epochs"] == 1000
+    assert two["epochs"] == one["epochs"] == 300
     for key in ("initial_loss", "final_loss", "train_acc", "val_acc"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
-    assert one["final_loss"] < one["initial_loss"] - 0.2  # it trained
+    assert one["final_loss"] < one["initial_loss"] - 0.05  # it trained
 
 
 def test_plain_tensor_networks_are_refused_on_several_processes(tmp_path, capsys):

@@ -28,8 +28,8 @@ def test_every_config_says_what_it_shows_and_the_readme_lists_it():
 
 def test_compare_trains_every_config_into_one_folder_and_ranks_them(tmp_path, capsys):
     args = [str(path) for path in CONFIGS]
-    options = ["--epochs", "50", "--default_root_dir", str(tmp_path), "--enable_progress_bar", "false"]
-    assert compare.main([*args, *options, "--enable_checkpointing", "false"]) == 0
+    options = ["--max_epochs", "50", "--check_val_every_n_epoch", "50", "--default_root_dir", str(tmp_path)]
+    assert compare.main([*args, *options, "--enable_progress_bar", "false", "--enable_checkpointing", "false"]) == 0
     for path in CONFIGS:
         run_dir = tmp_path / "compare" / path.stem / "version_0"
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -43,7 +43,7 @@ def test_compare_trains_every_config_into_one_folder_and_ranks_them(tmp_path, ca
 
 
 def test_compare_runs_the_tutorials_networks(tmp_path, capsys):
-    options = ["--epochs", "5", "--default_root_dir", str(tmp_path), "--enable_progress_bar", "false"]
+    options = ["--max_epochs", "5", "--default_root_dir", str(tmp_path), "--enable_progress_bar", "false"]
     assert compare.main(["--model", "all", *options]) == 0
     assert {p.name for p in (tmp_path / "compare").iterdir()} == set(TUTORIAL_MODELS)
     assert len(capsys.readouterr().out.splitlines()) == 6
@@ -60,7 +60,7 @@ def test_a_bad_config_stops_the_comparison_before_any_run(tmp_path, capsys):
 def test_mlp_config_is_the_scratch_network_step_for_step(tmp_path):
     data = BlobData()
     plain = fit_tutorial("scratch", data.x_train, data.y_train, data.x_val, data.y_val, epochs=300)
-    summary = train(tmp_path, "--config", str(ROOT / "configs" / "mlp.yaml"), "--epochs", "300")["mlp"]
+    summary = train(tmp_path, "--config", str(ROOT / "configs" / "mlp.yaml"), "--max_epochs", "300")["mlp"]
     assert summary["initial_loss"] == pytest.approx(TUTORIAL["scratch"]["initial_loss"], abs=1e-6)
     assert summary["final_loss"] == pytest.approx(plain.losses[-1], abs=1e-6)
     assert summary["val_acc"] == pytest.approx(plain.val_acc, abs=1e-6)
@@ -80,7 +80,7 @@ def test_two_relu_layers_with_adam_reach_the_target(tmp_path, config, classes, a
 def test_momentum_reaches_the_plain_sgd_loss_in_fewer_epochs(tmp_path):
     """The tutorial's network (sequential) for 1,000 epochs: plain SGD at lr 0.2, then with momentum 0.9.
     (For the tutorial's 10,000 epochs: 952 epochs with momentum; see configs/momentum.yaml.)"""
-    sgd = ["--model", "sequential", "--epochs", "1000", "--optimizer", "SGD", "--optimizer.lr", "0.2"]
+    sgd = ["--model", "sequential", "--max_epochs", "1000", "--optimizer", "SGD", "--optimizer.lr", "0.2"]
     plain = train(tmp_path / "plain", *sgd)["sequential"]
     train(tmp_path / "momentum", *sgd, "--optimizer.momentum", "0.9")
     curve = [loss for _, loss in read_scalars(tmp_path / "momentum" / "sequential" / "version_0")["train/loss"]]

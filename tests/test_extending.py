@@ -40,22 +40,25 @@ def test_the_worked_example_runs_as_written_and_prints_what_the_doc_says(tmp_pat
     for column in ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "device"):
         assert measured[column] == printed[column], column
     run_dir = tmp_path / "lightning_logs" / printed["model"] / "version_0"
-    assert (run_dir / "summary.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    # 500 epochs end before the first last.ckpt (every 1,000): the best by val/acc is the run's checkpoint
+    assert (run_dir / "summary.json").exists() and list((run_dir / "checkpoints").glob("epoch=*-best.ckpt"))
 
 
 def test_a_subclass_in_a_module_of_ones_own_gets_the_projects_training(tmp_path, monkeypatch):
-    """The module form (my_net.SquaresNet, importable from the working directory), in-process: the
-    base class's validation every 100 data epochs, across Lightning steps of 100, and the chosen optimizer."""
+    """The module form (my_net.SquaresNet, importable from the working directory), in-process: a point
+    every epoch and a validation every 100 (the fast path trains the epochs between), and the chosen optimizer."""
     code, _, _ = worked_example()
     (tmp_path / "my_net.py").write_text(code)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["--model", "my_net.SquaresNet", "--data", "CirclesData", "--epochs", "300", "--data.epochs_per_step", "100"]
+    args = ["--model", "my_net.SquaresNet", "--data", "CirclesData", "--max_epochs", "300"]
     summary = train(tmp_path / "logs", *args, "--optimizer", "Adam", "--optimizer.lr", "0.05")["squaresnet"]
     assert summary["epochs"] == 300 and summary["initial_loss"] > summary["final_loss"]
     assert summary["val_acc"] > 0.95  # noiseless circles: a line on the squares separates them
     run_dir = tmp_path / "logs" / "squaresnet" / "version_0"
-    assert [step for step, _ in read_scalars(run_dir)["val/acc"]] == [99, 199, 299]
+    scalars = read_scalars(run_dir)
+    assert [step for step, _ in scalars["train/loss"]] == list(range(300))
+    assert [step for step, _ in scalars["val/acc"]] == [99, 199, 299]
     config = (run_dir / "config.yaml").read_text()
     assert "model: my_net.SquaresNet" in config and "torch.optim.Adam" in config
     monkeypatch.delitem(sys.modules, "my_net")

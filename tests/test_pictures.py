@@ -1,6 +1,5 @@
 """Pictures of a run: TensorBoard images and hparams, PNG files, and a decision boundary that is right."""
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -14,9 +13,10 @@ from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import Scratch, Sequential, TutorialModule
 from mlnet_lightning.pictures import Grid, Pictures, class_probabilities, predict_grid
 from tests.conftest import train
+from tests.test_tutorial import fit_module
 
 PNG_FILES = ("data.png", "decision_boundary.png", "confusion_matrix.png", "curves.png")
-RUN = ("--model", "sequential", "--epochs", "250", "--lr", "0.3", "--data.epochs_per_step", "50")
+RUN = ("--model", "sequential", "--max_epochs", "250", "--lr", "0.3", "--check_val_every_n_epoch", "50")
 
 
 def read_events(run_dir) -> EventAccumulator:
@@ -29,22 +29,6 @@ def image_steps(events: EventAccumulator) -> dict[str, list[int]]:
     return {tag: [image.step for image in events.Images(tag)] for tag in events.Tags()["images"]}
 
 
-def fit(model: L.LightningModule, epochs: int, root=None, callbacks=()) -> BlobData:
-    data = BlobData(epochs=epochs, epochs_per_step=100)
-    trainer = L.Trainer(
-        max_epochs=data.lightning_epochs,
-        accelerator="cpu",
-        logger=TensorBoardLogger(root, name="run", version=0) if root else False,
-        callbacks=list(callbacks),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, datamodule=data)
-    return data
-
-
 @pytest.fixture(scope="module")
 def picture_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pictures")
@@ -54,10 +38,10 @@ def picture_run(tmp_path_factory):
 def test_tensorboard_shows_the_data_the_boundary_forming_and_the_confusion_matrix(picture_run):
     run_dir, _ = picture_run
     events = read_events(run_dir)
-    # Before training, then after every 50-epoch step: the image step counts the data epochs trained.
+    # Before training, then every tenth of the run: the image step counts the epochs trained.
     assert image_steps(events) == {
         "data": [0],
-        "decision_boundary": [0, 50, 100, 150, 200, 250],
+        "decision_boundary": list(range(0, 251, 25)),
         "confusion_matrix": [250],
     }
     snapshots = events.Images("decision_boundary")
@@ -75,7 +59,7 @@ def test_hparams_tab_holds_the_options_and_the_final_metrics(picture_run):
     hparams = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
     assert hparams["model"].string_value == "sequential"
     assert hparams["lr"].number_value == pytest.approx(0.3)
-    assert hparams["epochs"].number_value == 250 and hparams["data/epochs_per_step"].number_value == 50
+    assert hparams["max_epochs"].number_value == 250 and hparams["data/n_samples"].number_value == 1000
     assert events.Scalars("hp/val_acc")[0].value == pytest.approx(summary["val_acc"])
     assert events.Scalars("hp/final_loss")[0].value == pytest.approx(summary["final_loss"])
 
@@ -99,7 +83,7 @@ def test_pictures_off_draws_nothing_and_changes_no_number(tmp_path, picture_run)
 
 def test_the_boundary_puts_each_blob_centre_in_its_class():
     model = Sequential(logits=True)
-    data = fit(model, epochs=1000)
+    data = fit_module(model, epochs=1000).datamodule
     _, _, centres = make_blobs(n_samples=1000, centers=4, n_features=2, random_state=0, return_centers=True)
     centres = torch.tensor(centres, dtype=torch.float32)
     grid = Grid.covering(torch.cat([data.x_train, data.x_val]))
@@ -138,7 +122,8 @@ class WideNet(TutorialModule):
 
 
 def test_a_users_network_gets_its_boundary_drawn(tmp_path):
-    fit(WideNet(), epochs=300, root=tmp_path, callbacks=[Pictures("widenet", snapshots=3)])
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    fit_module(WideNet(), epochs=300, logger=logger, callbacks=[Pictures("widenet", snapshots=3)])
     run_dir = tmp_path / "run" / "version_0"
     assert image_steps(read_events(run_dir))["decision_boundary"] == [0, 100, 200, 300]
     assert all((run_dir / name).exists() for name in PNG_FILES)

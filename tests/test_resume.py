@@ -24,11 +24,11 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: points for tag, points in read_all_scalars(run_dir).items() if not tag.startswith("hp/")}
 
 
-# 60 Lightning steps of 10 epochs, 3 shuffled mini-batches an epoch: the shuffling, the optimizer's
-# state and Lightning's own step count (it logs every 50 steps) all have to survive an interruption.
-RUN = ("--model", "linear", "--epochs", "600", "--data.epochs_per_step", "10", "--data.batch_size", "250")
-RUN += ("--seed", "7")
-LAST_EPOCH = 599
+# 3 shuffled mini-batches an epoch, a validation and a checkpoint every 10 epochs: the shuffling, the
+# optimizer's state and Lightning's step count (the loggers' x axis) all have to survive an interruption.
+RUN = ("--model", "linear", "--max_epochs", "300", "--data.batch_size", "250", "--seed", "7")
+RUN += ("--check_val_every_n_epoch", "10", "--checkpoint_every", "10")
+LAST_EPOCH = 299
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,8 +50,15 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: 
         time.sleep(0.02)
 
 
-def history(checkpoint: Path) -> dict:
-    return torch.load(checkpoint, weights_only=True)["history"]
+def epoch_of(checkpoint: Path) -> int:
+    """The epoch whose end a checkpoint saved."""
+    return torch.load(checkpoint, weights_only=True)["epoch"]
+
+
+def logged_up_to(run_dir: Path, epoch: int) -> bool:
+    """Whether the run's TensorBoard files hold its training points up to `epoch`'s."""
+    losses = read_scalars(run_dir).get("train/loss", [])
+    return len(losses) > epoch
 
 
 def without_time(summary: dict) -> dict:
@@ -64,10 +71,10 @@ def uninterrupted(one_thread, tmp_path_factory) -> tuple[dict, dict]:
     root = tmp_path_factory.mktemp("uninterrupted")
     summary = train(root, *RUN)["linear"]
     scalars = read_scalars(root / "linear" / "version_0")
-    # One point per data epoch and no others (Lightning would add its own at its 50th step)
-    assert set(scalars) == {"train/loss", "train/acc", "val/loss", "val/acc"}
-    assert [step for step, _ in scalars["train/loss"]] == list(range(LAST_EPOCH + 1))
-    assert [step for step, _ in scalars["val/acc"]] == list(range(9, LAST_EPOCH + 1, 10))
+    # One point per epoch, at the step that ends it (3 optimizer steps an epoch), and no others
+    assert set(scalars) == {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"}
+    assert [step for step, _ in scalars["train/loss"]] == list(range(2, 3 * (LAST_EPOCH + 1), 3))
+    assert [step for step, _ in scalars["val/acc"]] == list(range(29, 3 * (LAST_EPOCH + 1), 30))
     return summary, scalars
 
 
@@ -77,10 +84,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers_and_curves(tmp_path, 
     victim = start(tmp_path)
     wait_for(last.exists, victim)
     early = Path(shutil.copy(last, run_dir / "checkpoints" / "early.ckpt"))
-    wait_for(lambda: history(last)["epoch"] > history(early)["epoch"], victim)
+    # A checkpoint is saved at its epoch's end just before Lightning logs that epoch: wait for the points
+    # too, as a kill in between loses the epoch's point (Lightning's order; see the migration report).
+    wait_for(lambda: epoch_of(last) > epoch_of(early) and logged_up_to(run_dir, epoch_of(last)), victim)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
-    assert history(last)["epoch"] < LAST_EPOCH and not (run_dir / "summary.json").exists()
+    assert epoch_of(last) < LAST_EPOCH and not (run_dir / "summary.json").exists()
 
     summary = train(tmp_path, *RUN, "--ckpt_path", "last")["linear"]
     assert [path.name for path in (tmp_path / "linear").iterdir()] == ["version_0"]  # the same run folder
@@ -93,7 +102,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers_and_curves(tmp_path, 
     assert read_scalars(run_dir) == uninterrupted[1]
 
 
-def test_ctrl_c_checkpoints_prints_the_summary_and_exits_130(tmp_path, uninterrupted):
+def test_ctrl_c_prints_the_summary_so_far_exits_130_and_resumes_exactly(tmp_path, uninterrupted):
     run_dir = tmp_path / "linear" / "version_0"
     last = run_dir / "checkpoints" / "last.ckpt"
     victim = start(tmp_path)
@@ -102,12 +111,15 @@ def test_ctrl_c_checkpoints_prints_the_summary_and_exits_130(tmp_path, uninterru
     stdout, stderr = victim.communicate(timeout=120)
     assert victim.returncode == 130
     assert "Traceback" not in stderr and "--ckpt_path last" in stderr
-    stopped = history(last)
+    stopped = torch.load(last, weights_only=True)
     assert stopped["epoch"] < LAST_EPOCH
     model, _, final_loss, train_acc, val_acc, *_ = stdout.splitlines()[1].split()
-    assert model == "linear"  # the summary so far: the numbers of the checkpoint, so nothing trained is lost
-    assert float(final_loss) == pytest.approx(stopped["train/loss"], abs=1e-6)
-    assert (float(train_acc), float(val_acc)) == pytest.approx((stopped["train/acc"], stopped["val/acc"]), abs=1e-4)
+    assert model == "linear"  # the summary so far: the newest numbers on the curves
+    scalars = read_scalars(run_dir)
+    assert scalars["train/loss"][-1][0] == stopped["global_step"] - 1  # the checkpoint holds every epoch trained
+    newest = {tag: points[-1][1] for tag, points in scalars.items()}
+    assert float(final_loss) == pytest.approx(newest["train/loss"], abs=1e-6)
+    assert (float(train_acc), float(val_acc)) == pytest.approx((newest["train/acc"], newest["val/acc"]), abs=1e-4)
     assert not (run_dir / "summary.json").exists()  # an interrupted run does not look finished
 
     summary = train(tmp_path, *RUN, "--ckpt_path", "last")["linear"]
@@ -124,7 +136,7 @@ def test_the_same_command_gives_the_same_summary_and_logs_its_seed(tmp_path, uni
 
 def test_a_diverging_run_stops_at_its_first_nan_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     # The tutorial's hand-written softmax overflows at this learning rate after 465 epochs.
-    options = ["--model", "scratch", "--lr", "50", "--epochs", "600", "--data.epochs_per_step", "100"]
+    options = ["--model", "scratch", "--lr", "50", "--max_epochs", "600", "--checkpoint_every", "100"]
     assert main([*options, "--default_root_dir", str(tmp_path), "--enable_progress_bar", "false"]) == 1
     stdout, stderr = capsys.readouterr()
     assert stdout == ""  # no summary table
@@ -132,8 +144,10 @@ def test_a_diverging_run_stops_at_its_first_nan_and_keeps_the_last_good_checkpoi
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
     assert "diverged" in stderr and "nan at epoch 465" in stderr and str(last) in stderr
     checkpoint = torch.load(last, weights_only=True)
-    assert checkpoint["history"]["epoch"] == 399 and math.isfinite(checkpoint["history"]["train/loss"])
+    assert checkpoint["epoch"] == 399
     assert all(tensor.isfinite().all() for tensor in checkpoint["state_dict"].values())
+    losses = read_scalars(tmp_path / "scratch" / "version_0")["train/loss"]
+    assert losses[-1][0] < 465 and all(math.isfinite(loss) for _, loss in losses)  # no NaN on the curve
     assert not list(tmp_path.rglob("summary.json"))
 
 
@@ -169,10 +183,11 @@ def test_a_plain_lightning_module_resumes_exactly_too(tmp_path, monkeypatch, cap
     """Its initial weights come from --seed and its shuffles from the Trainer's epoch, not from a counter."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plain_net.py").write_text(PLAIN_NET)
-    options = ("--model", "plain_net.PlainNet", "--data.batch_size", "250")
-    uninterrupted = train(tmp_path / "whole", *options, "--epochs", "20")["plainnet"]
-    train(tmp_path / "parts", *options, "--epochs", "10")
-    resumed = train(tmp_path / "parts", *options, "--epochs", "20", "--ckpt_path", "last")["plainnet"]
+    options = ("--model", "plain_net.PlainNet", "--data.batch_size", "250", "--check_val_every_n_epoch", "10")
+    options += ("--checkpoint_every", "10")
+    uninterrupted = train(tmp_path / "whole", *options, "--max_epochs", "20")["plainnet"]
+    train(tmp_path / "parts", *options, "--max_epochs", "10")
+    resumed = train(tmp_path / "parts", *options, "--max_epochs", "20", "--ckpt_path", "last")["plainnet"]
     assert resumed["epochs"] == 20 and without_time(resumed) == without_time(uninterrupted)
     run_dir = tmp_path / "parts" / "plainnet" / "version_0"
     assert read_scalars(run_dir) == read_scalars(tmp_path / "whole" / "plainnet" / "version_0")

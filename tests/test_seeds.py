@@ -1,16 +1,14 @@
 """Stacked copies (--seeds, --lrs): each copy follows its single run; the spread is reported and logged."""
 
-import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlnet_lightning.cli import main
-from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.seeds import StackedCopies, distribution
 from tests.conftest import train
-from tests.test_tutorial import fit_lightning, read_scalars
+from tests.test_tutorial import final_numbers, fit_lightning, fit_module, read_scalars
 
 FINAL_NUMBERS = ("initial_loss", "final_loss", "train_acc", "val_acc")
 
@@ -18,13 +16,13 @@ FINAL_NUMBERS = ("initial_loss", "final_loss", "train_acc", "val_acc")
 @pytest.fixture(scope="module")
 def eight_seeds(tmp_path_factory):
     root = tmp_path_factory.mktemp("seeds")
-    return root, train(root, "--model", "sequential", "--epochs", "1000", "--seeds", "8")["sequential"]
+    return root, train(root, "--model", "sequential", "--max_epochs", "1000", "--seeds", "8")["sequential"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_copies_end_where_single_runs_with_their_seeds_end(eight_seeds, tmp_path, seed):
     copies = eight_seeds[1]["copies"]
-    single = train(tmp_path, "--model", "sequential", "--epochs", "1000", "--seed", str(seed))["sequential"]
+    single = train(tmp_path, "--model", "sequential", "--max_epochs", "1000", "--seed", str(seed))["sequential"]
     assert copies["seed"][seed] == seed
     for key in FINAL_NUMBERS:
         assert copies[key][seed] == pytest.approx(single[key], abs=1e-5), key
@@ -53,11 +51,12 @@ def test_the_spread_is_summarised_and_logged(eight_seeds, capsys):
 
 
 def test_a_learning_rate_sweep_prints_a_line_per_rate(tmp_path, capsys):
-    summary = train(tmp_path / "sweep", "--model", "linear", "--epochs", "300", "--lrs", "0.05,0.1,0.2,0.5")["linear"]
+    sweep = ("--model", "linear", "--max_epochs", "300", "--lrs", "0.05,0.1,0.2,0.5")
+    summary = train(tmp_path / "sweep", *sweep)["linear"]
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [["linear", lr] for lr in ("0.05", "0.1", "0.2", "0.5")]
     assert [entry["lr"] for entry in summary["distribution"]] == [0.05, 0.1, 0.2, 0.5]
-    single = train(tmp_path / "single", "--model", "linear", "--epochs", "300", "--lr", "0.5")["linear"]
+    single = train(tmp_path / "single", "--model", "linear", "--max_epochs", "300", "--lr", "0.5")["linear"]
     for key in FINAL_NUMBERS:
         assert summary["copies"][key][3] == pytest.approx(single[key], abs=1e-5), key
     final_losses = summary["copies"]["final_loss"]
@@ -67,16 +66,15 @@ def test_a_learning_rate_sweep_prints_a_line_per_rate(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["scratch", "functional", "parameter", "linear"])
 @pytest.mark.parametrize("logits", [False, True])
 def test_every_tutorial_network_stacks_exactly(name, logits):
-    data = BlobData(epochs=150, epochs_per_step=50)
     copies = StackedCopies(TUTORIAL_MODELS[name], seeds=[0, 3], lrs=[0.2], logits=logits)
-    fit_lightning_module(copies, data)
-    single, _ = fit_lightning(name, epochs=150, seed=3, logits=logits, epochs_per_step=50)
-    for key in ("initial_loss", "train/loss", "train/acc", "val/acc"):
-        assert copies.finals[key][1].item() == pytest.approx(single.history[key], abs=1e-6), key
+    fit_module(copies, epochs=150, val_every=50)
+    _, single = fit_lightning(name, epochs=150, seed=3, logits=logits, val_every=50)
+    for key, value in final_numbers(single).items():
+        assert copies.finals[key][1].item() == pytest.approx(value, abs=1e-6), key
 
 
 def test_mlp_stacks_exactly(tmp_path):
-    mlp = ["--model", "mlp", "--mlp.hidden", "[8, 8]", "--mlp.activation", "relu", "--epochs", "300"]
+    mlp = ["--model", "mlp", "--mlp.hidden", "[8, 8]", "--mlp.activation", "relu", "--max_epochs", "300"]
     stacked = train(tmp_path / "stacked", *mlp, "--seeds", "3")["mlp"]["copies"]
     single = train(tmp_path / "single", *mlp, "--seed", "2")["mlp"]
     for key in FINAL_NUMBERS:
@@ -84,18 +82,11 @@ def test_mlp_stacks_exactly(tmp_path):
 
 
 def test_mini_batches_stack_exactly():
-    data = BlobData(epochs=20, batch_size=64, epochs_per_step=7)
     copies = StackedCopies(TUTORIAL_MODELS["sequential"], seeds=[0, 5], lrs=[0.2])
-    fit_lightning_module(copies, data)
-    single, _ = fit_lightning("sequential", epochs=20, seed=5, batch_size=64, epochs_per_step=7)
-    for key in ("initial_loss", "train/loss", "train/acc", "val/acc"):
-        assert copies.finals[key][1].item() == pytest.approx(single.history[key], abs=1e-6), key
-
-
-def fit_lightning_module(module, data) -> None:
-    trainer = L.Trainer(max_epochs=data.lightning_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
-    trainer.fit(module, datamodule=data)
+    fit_module(copies, epochs=20, batch_size=64)
+    _, single = fit_lightning("sequential", epochs=20, seed=5, batch_size=64)
+    for key, value in final_numbers(single).items():
+        assert copies.finals[key][1].item() == pytest.approx(value, abs=1e-6), key
 
 
 class Doubled(TutorialModule):

@@ -1,9 +1,13 @@
 """The five networks against the tutorial's numbers and an independent plain PyTorch loop."""
 
+from collections import defaultdict
+from collections.abc import Sequence
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlnet_lightning.baseline import fit_plain, fit_tutorial, hand_cross_entropy, tutorial_network
@@ -27,36 +31,80 @@ def test_default_command_reproduces_the_tutorial(tutorial_runs, name):
     assert summary["val_acc"] == pytest.approx(expected["val_acc"], abs=1e-3)
 
 
-def fit_lightning(name: str, epochs: int, **options) -> tuple[L.LightningModule, L.Trainer]:
-    batch_size = options.pop("batch_size", None)
-    data = BlobData(epochs=epochs, batch_size=batch_size, epochs_per_step=options.pop("epochs_per_step", None))
-    replay_epochs = options.pop("replay_epochs", None)
-    model = TUTORIAL_MODELS[name](**options)
-    model.replay_epochs = replay_epochs
+class Points(Logger):
+    """A logger that keeps every point it is given: name -> [(step, value), ...]."""
+
+    name = "points"
+    version = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.points[key].append((step, float(value)))
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+
+def fit_module(
+    model: L.LightningModule,
+    epochs: int,
+    batch_size: int | None = None,
+    val_every: int | None = None,
+    logger: Logger | None = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
+    """Fit as a Lightning user would, on the tutorial's blobs, validating every `val_every` epochs
+    (default: after the last only); the logger (default: a `Points`) gets the points."""
     trainer = L.Trainer(
-        max_epochs=data.lightning_epochs,
+        max_epochs=epochs,
+        check_val_every_n_epoch=val_every or epochs,
         accelerator="cpu",
-        logger=False,
+        logger=logger or Points(),
+        callbacks=list(callbacks),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(model, datamodule=data)
-    return model, trainer
+    trainer.fit(model, datamodule=BlobData(batch_size=batch_size))
+    return trainer
+
+
+def fit_lightning(
+    name: str, epochs: int, batch_size: int | None = None, val_every: int | None = None, **options
+) -> tuple[L.LightningModule, L.Trainer]:
+    """Fit a tutorial network made with `options` (see fit_module)."""
+    model = TUTORIAL_MODELS[name](**options)
+    return model, fit_module(model, epochs, batch_size, val_every)
+
+
+def final_numbers(trainer: L.Trainer) -> dict[str, float]:
+    """The loss of the first epoch (before any update), and the last epoch's loss and accuracies."""
+    numbers = {key: float(trainer.callback_metrics[key]) for key in ("train/loss", "train/acc", "val/acc")}
+    return {"initial_loss": trainer.logger.points["train/loss"][0][1], **numbers}
 
 
 @pytest.mark.parametrize("name", TUTORIAL_MODELS)
 @pytest.mark.parametrize("logits", [False, True])
 def test_trainer_follows_the_plain_loop(name, logits):
-    """Same trajectory as the tutorial's loop, written independently in mlnet_lightning.baseline."""
+    """Same trajectory as the tutorial's loop, written independently in mlnet_lightning.baseline; the
+    validations every 75 epochs make the fast path train in bulks between Lightning's own epochs."""
     data = BlobData()
     plain = fit_tutorial(name, data.x_train, data.y_train, data.x_val, data.y_val, epochs=300, logits=logits)
-    model, _ = fit_lightning(name, epochs=300, logits=logits, epochs_per_step=70)
-    assert model.history["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-6)
-    assert model.history["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-6)
-    assert model.history["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
-    assert model.history["val/acc"] == pytest.approx(plain.val_acc, abs=1e-6)
+    _, trainer = fit_lightning(name, epochs=300, logits=logits, val_every=75)
+    assert trainer.current_epoch == trainer.global_step == 300
+    numbers = final_numbers(trainer)
+    assert numbers["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-6)
+    assert numbers["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-6)
+    assert numbers["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
+    assert numbers["val/acc"] == pytest.approx(plain.val_acc, abs=1e-6)
+    losses = trainer.logger.points["train/loss"]
+    assert [step for step, _ in losses] == list(range(300))
+    assert [loss for _, loss in losses] == pytest.approx(plain.losses, abs=1e-6)
 
 
 def test_logits_switch_fixes_the_double_softmax(tmp_path):
@@ -72,13 +120,13 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_has_a_point_per_epoch(tmp_path):
-    train(tmp_path, "--model", "linear", "--epochs", "250", "--data.val_every", "1")
+    train(tmp_path, "--model", "linear", "--max_epochs", "250", "--check_val_every_n_epoch", "1")
     scalars = read_scalars(tmp_path / "linear" / "version_0")
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert [step for step, _ in scalars[tag]] == list(range(250)), tag
 
 
-def test_validation_points_every_val_every_epochs_and_at_the_end(tutorial_runs):
+def test_validation_points_every_check_val_every_n_epoch_epochs(tutorial_runs):
     root, summaries = tutorial_runs
     scalars = read_scalars(root / "sequential" / "version_0")
     assert [step for step, _ in scalars["train/loss"]] == list(range(10_000))
@@ -94,7 +142,10 @@ def test_mini_batches_follow_the_plain_loop(name):
     optimizer = None if update == "by hand" else torch.optim.SGD(net.parameters(), lr=0.2)
     loss_fn = hand_cross_entropy if name == "scratch" else F.cross_entropy
     plain = fit_plain(net, loss_fn, optimizer, data.x_train, data.y_train, data.x_val, data.y_val, 30, batch_size=64)
-    model, _ = fit_lightning(name, epochs=30, batch_size=64, epochs_per_step=7)
-    assert model.history["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-5)
-    assert model.history["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-5)
-    assert model.history["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
+    _, trainer = fit_lightning(name, epochs=30, batch_size=64)
+    assert trainer.global_step == 30 * 12  # 750 points: 11 batches of 64 and one of 46 an epoch
+    numbers = final_numbers(trainer)
+    assert numbers["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-5)
+    assert numbers["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-5)
+    assert numbers["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
+    assert numbers["val/acc"] == pytest.approx(plain.val_acc, abs=1e-6)
