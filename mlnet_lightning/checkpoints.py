@@ -235,29 +235,36 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int:
     return int(checkpoint["epoch"]) + (under_way and trained_through)
 
 
-def check_resumable(ckpt_path: str, runs_dir: Path, max_epochs: int | None) -> None:
-    """Refuse, before anything is written, to resume from a checkpoint that already holds `max_epochs`
-    epochs or more: Lightning would rewrite the run's config.yaml and then fail, or train nothing and
-    rewrite its summary."""
-    path = resume_path(ckpt_path, runs_dir)
-    if path is None or max_epochs is None or max_epochs < 0:
-        return
-    trained = epochs_trained(read_checkpoint(path))
-    if max_epochs <= trained:
+def check_epochs(checkpoint: dict[str, Any], path: Path, max_epochs: int | None) -> None:
+    """Refuse to resume from a checkpoint that already holds `max_epochs` epochs or more: Lightning
+    would rewrite the run's config.yaml and then fail, or train nothing and rewrite its summary."""
+    trained = epochs_trained(checkpoint)
+    if max_epochs is not None and 0 <= max_epochs <= trained:
         raise CheckpointError(
             f"--max_epochs {max_epochs}: {path} has trained {trained} epochs already; "
             f"give more than {trained} to continue it"
         )
 
 
-def plan_resume(ckpt_path: str, runs_dir: Path, model: L.LightningModule, data: L.LightningDataModule) -> Resume | None:
-    """Check that the checkpoint continues this very run (`ckpt_path` as for `resume_path`) and say where
-    the continued run writes; None when there is nothing to resume."""
+def check_resumable(ckpt_path: str, runs_dir: Path, max_epochs: int | None) -> None:
+    """`check_epochs` for the checkpoint `--ckpt_path` names, if any."""
+    path = resume_path(ckpt_path, runs_dir)
+    if path is not None:
+        check_epochs(read_checkpoint(path), path, max_epochs)
+
+
+def plan_resume(
+    ckpt_path: str, runs_dir: Path, model: L.LightningModule, data: L.LightningDataModule, max_epochs: int | None
+) -> Resume | None:
+    """Check that the checkpoint continues this very run (`ckpt_path` as for `resume_path`) for more
+    epochs, before anything is written, and say where the continued run writes; None when there is
+    nothing to resume."""
     path = resume_path(ckpt_path, runs_dir)
     if path is None:
         return None
     checkpoint = read_checkpoint(path)
     check_same_run(checkpoint, path, model, data)
+    check_epochs(checkpoint, path, max_epochs)
     BestCheckpoint.restore_best(checkpoint, path)
     # Full batch, the logger's step of an epoch is its number: the resumed run logs again from there.
     first_step = int(checkpoint["global_step"])

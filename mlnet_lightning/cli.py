@@ -272,7 +272,7 @@ def train_one(
         model.fast_path = False
     trainer_options = {k: v for k, v in config.items(branches=True) if k in TRAINER_OPTIONS}
     runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
-    resume = plan_resume(config.ckpt_path, runs_dir, model, data) if config.ckpt_path else None
+    resume = plan_resume(config.ckpt_path, runs_dir, model, data, config.max_epochs) if config.ckpt_path else None
     if config.ckpt_path and resume is None:
         print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
     stop = StopOnInterrupt()
@@ -455,7 +455,7 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         )
     if config.ckpt_path not in (None, "last") and len(models) > 1:
         raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
-    if config.ckpt_path:  # every network's, before any trains
+    if config.ckpt_path and len(models) > 1:  # every network's, before any trains (one's: in train_one)
         for name, _ in models:
             check_resumable(config.ckpt_path, Path(config.default_root_dir) / name, config.max_epochs)
     check_writable(config.default_root_dir)
