@@ -145,8 +145,12 @@ class BestCheckpoint(ModelCheckpoint):
         state = checkpoint.get("callbacks", {}).get(cls().state_key, {})
         best = Path(state.get("best_model_path") or path)
         saved_at = re.match(r"epoch=(\d+)-best", best.name)
-        if not best.exists() and saved_at and int(saved_at.group(1)) == checkpoint["epoch"]:
-            shutil.copyfile(path, best)
+        in_its_run = best.resolve().parent == path.resolve().parent  # not a copy taken elsewhere
+        if in_its_run and not best.exists() and saved_at and int(saved_at.group(1)) == checkpoint["epoch"]:
+            try:
+                shutil.copyfile(path, best)
+            except OSError:  # a full disk: no half copy; the resumed run's next write says so, in one line
+                best.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (trainer.is_global_zero and self.dirpath and self.best_model_path):
