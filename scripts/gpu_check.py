@@ -29,10 +29,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mlnet_lightning import replay
 from mlnet_lightning.baseline import fit_tutorial, one_cpu_thread
 from mlnet_lightning.cli import _quiet_lightning
 from mlnet_lightning.data import BlobData
+from mlnet_lightning.fastpath import replay
 from mlnet_lightning.models import TUTORIAL_MODELS
 from mlnet_lightning.reference import TUTORIAL
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 
-from mlnet_lightning.fastpath import descend, is_plain_sgd
-from mlnet_lightning.points import masked_crc32c
+from mlnet_lightning.fastpath.events import masked_crc32c
+from mlnet_lightning.fastpath.updates import descend, is_plain_sgd
 from tests.conftest import train
 from tests.test_tutorial import fit_lightning
 

@@ -1,4 +1,4 @@
-"""mlnet_lightning.lightning_internals against the installed Lightning: epochs trained in bulk leave the loop
+"""mlnet_lightning.fastpath.lightning_internals against the installed Lightning: epochs trained in bulk leave the loop
 state that Lightning's own loop leaves, and the callbacks' settings are read as they were given."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.lightning_internals import checkpoint_every_n_epochs, checks_every_train_epoch
+from mlnet_lightning.fastpath.lightning_internals import checkpoint_every_n_epochs, checks_every_train_epoch
 from mlnet_lightning.models import Scratch, Sequential
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}

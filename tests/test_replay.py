@@ -1,5 +1,5 @@
 """Epochs replayed from a captured graph, tested on any device with a stand-in graph that replays by
-running the captured step again (mlnet_lightning.replay.EagerGraph): the replayed path follows the plain
+running the captured step again (mlnet_lightning.fastpath.replay.EagerGraph): the replayed path follows the plain
 loop, and every way a graph can fail (capture, a replay that trains something else, a replay that raises)
 leaves the run with exactly the numbers of a run without replay, and one warning."""
 
@@ -14,12 +14,12 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-from mlnet_lightning import replay
 from mlnet_lightning.baseline import fit_tutorial
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.fastpath import descend
+from mlnet_lightning.fastpath import replay
+from mlnet_lightning.fastpath.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
+from mlnet_lightning.fastpath.updates import descend
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Sequential
-from mlnet_lightning.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
 from mlnet_lightning.seeds import StackedCopies
 
 EPOCHS = 300  # three bulks of 99 epochs, each followed by a validation epoch that Lightning runs itself

@@ -30,6 +30,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from mlnet_lightning.fastpath.updates import has_step_hooks
+
 WARMUP_EPOCHS = 3  # eager epochs before the capture, as CUDA graphs want (lazy initialisations, on a side stream)
 CHECKED_EPOCHS = 3  # replayed epochs compared with eager ones before the graph is trusted
 # Float tolerance of that comparison: the graph launches the eager epoch's own kernels, so the numbers
@@ -124,14 +126,11 @@ def replayed_epochs(
 def replayable_step(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> bool:
     """Whether a step keeps all it changes in tensors and runs no Python hooks: a network's hand update
     (manual optimization) or torch.optim.SGD (whose learning rate the graph then holds fixed)."""
-    from mlnet_lightning.fastpath import has_step_hooks  # the fast path imports this module
-    from mlnet_lightning.models.base import HandUpdate  # models/base.py imports the fast path, which imports this
-
     if has_step_hooks(optimizer):
         return False
     if module.automatic_optimization:
         return type(optimizer) is torch.optim.SGD
-    return isinstance(optimizer, HandUpdate)
+    return callable(getattr(optimizer, "update", None))  # a HandUpdate: the network's own update
 
 
 class ReplayedEpochs:

@@ -1,28 +1,10 @@
-"""The fast path: full-batch epochs that nothing observes, trained in bulk inside one Lightning step.
-
-An epoch of the tutorial's networks is a few hundred microseconds of arithmetic, and Lightning's loop
-around it (hooks, logging, progress) costs more than that. So at the start of an epoch's step, a module
-that supports it trains the epochs before the next one that anything could observe: a validation, a
-checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
-have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
-then Lightning's own. Anything this cannot vouch for (an unknown callback with epoch or batch hooks,
-mini-batches, gradient clipping or accumulation, mixed precision, a strategy other than one device, a
-profiler, an overridden step or batch hook) makes it step aside: Lightning trains every epoch itself.
-
-A module supports the fast path by defining, beside its ordinary Lightning steps:
-- `train_epoch(x, y, update)`: one epoch on the full batch, stepping with `update()`; returns a record
-  (detached tensors);
-- `epoch_points(records, y, rates, first_epoch)`: from those records, the values its own `self.log`
-  calls would have given Lightning's epoch-end logging, one tensor per name (raises on divergence).
-"""
+"""Epochs that nothing observes, trained in bulk at the start of an epoch's step: when, and how."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -34,17 +16,17 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from mlnet_lightning.lightning_internals import (
+from mlnet_lightning.fastpath.events import log_points
+from mlnet_lightning.fastpath.lightning_internals import (
     checkpoint_every_n_epochs,
     checks_every_train_epoch,
     count_epochs_trained,
     keep_epoch_end_metrics,
     logger_step,
 )
-from mlnet_lightning.points import log_points
-from mlnet_lightning.replay import replayed_epochs
+from mlnet_lightning.fastpath.replay import replayed_epochs
+from mlnet_lightning.fastpath.updates import plain_update
 
 # Hooks of a module or data module that would see each epoch's batch (the bulk reuses the one Lightning gave).
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
@@ -202,51 +184,3 @@ def stop_condition(trainer: L.Trainer) -> Callable[[], bool]:
         return trainer.should_stop or trainer.received_sigterm or near_deadline
 
     return stopping
-
-
-def plain_update(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """The step of one epoch, as Lightning's loop would take it, without its hooks: a hand update
-    (manual optimization) steps alone; torch.optim steps, then clears the gradients (Lightning clears
-    them just before the next backward, which leaves the same numbers)."""
-    if not module.automatic_optimization:
-        # A HandUpdate without hooks steps by the network's own `update` alone: Optimizer.step's wrapper
-        # (hooks, profiling) costs 30 of the 380 us of scratch's epoch.
-        hand_update = getattr(optimizer, "update", None)
-        return hand_update if callable(hand_update) and not has_step_hooks(optimizer) else optimizer.step
-    if is_plain_sgd(optimizer):
-        return partial(descend, optimizer)
-    return partial(step_and_clear, optimizer)
-
-
-def step_and_clear(optimizer: torch.optim.Optimizer) -> None:
-    optimizer.step()
-    optimizer.zero_grad()
-
-
-def has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether Python hooks run around `optimizer`'s steps (its own or torch's global ones)."""
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
-    return any(hooks) or bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
-
-
-def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether a step of `optimizer` is exactly p -= lr * grad: SGD without momentum, weight decay,
-    maximize or step hooks."""
-    return (
-        type(optimizer) is torch.optim.SGD
-        and not has_step_hooks(optimizer)
-        and all(g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"] for g in optimizer.param_groups)
-    )
-
-
-@torch.no_grad()
-def descend(optimizer: torch.optim.SGD) -> None:
-    """A plain SGD step and zero_grad() as one foreach kernel per parameter group, bitwise equal to
-    optimizer.step() (which adds -lr * grad tensor by tensor): a sixth of an epoch of these networks
-    is SGD.step's own bookkeeping (measured: 345 against 410 us an epoch for `sequential`)."""
-    for group in optimizer.param_groups:
-        params = [p for p in group["params"] if p.grad is not None]
-        if params:
-            torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
-        for p in params:
-            p.grad = None

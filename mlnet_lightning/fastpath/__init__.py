@@ -1,0 +1,21 @@
+"""The fast path: full-batch epochs that nothing observes, trained in bulk inside one Lightning step.
+
+An epoch of the tutorial's networks is a few hundred microseconds of arithmetic, and Lightning's loop
+around it (hooks, logging, progress) costs more than that. So at the start of an epoch's step, a module
+that supports it trains the epochs before the next one that anything could observe: a validation, a
+checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
+have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
+then Lightning's own. Anything this cannot vouch for (an unknown callback with epoch or batch hooks,
+mini-batches, gradient clipping or accumulation, mixed precision, a strategy other than one device, a
+profiler, an overridden step or batch hook) makes it step aside: Lightning trains every epoch itself.
+
+A module supports the fast path by defining, beside its ordinary Lightning steps:
+- `train_epoch(x, y, update)`: one epoch on the full batch, stepping with `update()`; returns a record
+  (detached tensors);
+- `epoch_points(records, y, rates, first_epoch)`: from those records, the values its own `self.log`
+  calls would have given Lightning's epoch-end logging, one tensor per name (raises on divergence).
+"""
+
+from mlnet_lightning.fastpath.bulk import fast_forward, unobserved_epochs
+
+__all__ = ["fast_forward", "unobserved_epochs"]
