@@ -14,7 +14,9 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
-from mlnet_lightning.cli import UsageError, build_parser, format_table, one_line, parse, prepare, train_one
+from mlnet_lightning.cli import build_parser, one_line, parse, prepare
+from mlnet_lightning.runs import UsageError, train_one
+from mlnet_lightning.tables import format_table
 
 COLUMNS = ("run", "model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds")
 

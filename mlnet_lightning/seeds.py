@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mlnet_lightning.checkpoints import import_class
 from mlnet_lightning.fastpath import fast_forward
+from mlnet_lightning.fastpath.updates import is_plain_sgd
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
 from mlnet_lightning.models.base import HandUpdate, check_finite
 
@@ -95,9 +96,8 @@ def _check_plain_gradient_descent(network: TutorialModule) -> None:
     update = getattr(type(network), "update", None)
     if update in HAND_UPDATES:
         return
-    optimizer = network.configure_optimizers() if update is None else None
-    plain = {"momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False}
-    if type(optimizer) is not torch.optim.SGD or any(optimizer.defaults.get(k, v) != v for k, v in plain.items()):
+    optimizer = network.configure_optimizers() if update is None else None  # a scheduler makes it a dict
+    if not (isinstance(optimizer, torch.optim.Optimizer) and is_plain_sgd(optimizer)):
         raise ValueError(f"{type(network).__name__} is not trained by plain gradient descent, which --seeds stacks")
 
 
@@ -377,18 +377,3 @@ def distribution(values: Sequence[float], seeds: Sequence[int], higher_is_better
         "best_seed": best(by_seed, key=lambda pair: pair[0])[1],
         "worst_seed": worst(by_seed, key=lambda pair: pair[0])[1],
     }
-
-
-def format_copies_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """One line per network and learning rate: the spread of the final validation accuracy over the seeds."""
-    columns = ("model", "lr", "seeds", "final_loss", "val_acc_mean", "std", "min", "median", "max", "best_seed",
-               "worst_seed")  # fmt: skip
-    rows = [columns]
-    for summary in summaries:
-        for entry in summary["distribution"]:
-            acc, loss = entry["val_acc"], entry["final_loss"]
-            numbers = [f"{acc[k]:.4f}" for k in ("mean", "std", "min", "median", "max")]
-            rows.append((summary["model"], f"{entry['lr']:g}", str(entry["copies"]), f"{loss['mean']:.6f}", *numbers,
-                         str(acc["best_seed"]), str(acc["worst_seed"])))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

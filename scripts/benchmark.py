@@ -26,9 +26,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from mlnet_lightning.baseline import fit_plain, fit_tutorial, one_cpu_thread
-from mlnet_lightning.cli import _quiet_lightning, build_parser, train_one
+from mlnet_lightning.cli import _quiet_lightning, build_parser
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import TUTORIAL_MODELS, Sequential, TutorialModule
+from mlnet_lightning.runs import train_one
 
 ROOT = Path(__file__).resolve().parents[1]
 

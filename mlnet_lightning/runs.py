@@ -1,0 +1,266 @@
+"""Building and running one fit: the network, its data, its Trainer, callbacks and loggers."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from tqdm.auto import tqdm
+
+from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
+from mlnet_lightning.checkpoints import (
+    LOGGER_OPTIONS,
+    BestCheckpoint,
+    CannotWrite,
+    Resume,
+    RunCheckpoint,
+    RunLogger,
+    plan_resume,
+)
+from mlnet_lightning.data import ClassificationData
+from mlnet_lightning.models import MLP, MODELS, TutorialModule
+from mlnet_lightning.models.base import TrainingDiverged
+from mlnet_lightning.pictures import Pictures
+from mlnet_lightning.seeds import StackedCopies, check_memory
+
+TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit status 2."""
+
+
+def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
+    """A network's name, `module.Class` importable from the working directory, or `path/to/file.py:Class`."""
+    if name in MODELS:
+        return name, MODELS[name]
+    in_file = ":" in name
+    location, _, class_name = name.rpartition(":" if in_file else ".")
+    if not location or (in_file and not location.endswith(".py")):
+        raise UsageError(
+            f"unknown model {name!r}: choose {', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
+        )
+    try:
+        module = import_file(Path(location)) if in_file else importlib.import_module(location)
+        model_class = getattr(module, class_name)
+    except (ImportError, AttributeError, FileNotFoundError) as error:
+        raise UsageError(f"cannot import model {name!r}: {error}") from None
+    if not (inspect.isclass(model_class) and issubclass(model_class, L.LightningModule)):
+        raise UsageError(f"model {name!r} is not a LightningModule")
+    return class_name.lower(), model_class
+
+
+def import_file(path: Path):
+    """Import a Python file as the module named after it, as `import` would from its folder."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # as `import` does: pickle and typing look up a class's module there
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_data(config: Namespace) -> ClassificationData:
+    """The data set chosen by --data."""
+    return instantiate_class((), config.data.as_dict())
+
+
+def build_model(model_class: type[L.LightningModule], config: Namespace, data: ClassificationData):
+    """Pass the options the model's constructor takes: learning rate, seed, logits, data shape;
+    the chosen optimizer and schedule, and the --mlp options to an MLP, must be taken."""
+    offered = {
+        "lr": float(config.lr),  # a plain float (not PositiveFloat): checkpoints then load with weights_only
+        "seed": config.seed,
+        "logits": config.logits,
+        "num_features": data.num_features,
+        "num_classes": data.num_classes,
+    }
+    chosen_classes = {key: config[key].as_dict() for key in ("optimizer", "lr_scheduler") if config[key]}
+    chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
+    if issubclass(model_class, MLP):
+        chosen.update(config.mlp.as_dict())
+    if stacks_copies(config):
+        return build_copies(model_class, config, {**offered, **chosen}, data)
+    accepted = inspect.signature(model_class).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    refused = [key for key in chosen if not (takes_all or key in accepted)]
+    if refused:
+        raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
+    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
+
+
+def stacks_copies(config: Namespace) -> bool:
+    return config.seeds > 1 or config.lrs is not None
+
+
+def build_copies(
+    model_class: type[L.LightningModule], config: Namespace, offered: dict[str, Any], data: ClassificationData
+) -> StackedCopies:
+    """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device, if they fit."""
+    if not issubclass(model_class, TutorialModule):
+        raise UsageError(f"--seeds and --lrs stack subclasses of TutorialModule; {model_class.__name__} is not one")
+    lrs = [config.lr] if config.lrs is None else learning_rates(config.lrs)
+    options = {k: v for k, v in offered.items() if k not in ("lr", "seed")}
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    points = max(data.batch_size, len(data.x_val))  # a training step's, or a validation's
+    copy = model_class(**options, lr=lrs[0], seed=config.seed)
+    check_memory(copy, config.seeds * len(lrs), points, torch.device("cuda" if on_gpu else "cpu"))
+    return StackedCopies(model_class, range(config.seed, config.seed + config.seeds), lrs, **options)
+
+
+def learning_rates(text: str) -> list[float]:
+    """--lrs 0.05,0.1,0.2 as a list of distinct positive rates."""
+    try:
+        rates = [float(rate) for rate in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(rate > 0 for rate in rates) or len(set(rates)) < len(rates):
+        raise UsageError(f"--lrs takes distinct positive learning rates separated by commas, got {text!r}")
+    return rates
+
+
+def train_one(
+    name: str,
+    model_class: type[L.LightningModule],
+    config: Namespace,
+    parser: LightningArgumentParser,
+    run_name: str | None = None,
+    data: ClassificationData | None = None,
+    make_bar: Callable[..., Any] = tqdm,
+) -> dict[str, Any]:
+    """Fit one network, logging under `run_name` (default: the network's name), on the configured
+    data unless given, its progress bar made by `make_bar`; returns its summary."""
+    data = data or build_data(config)
+    torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
+    model = build_model(model_class, config, data)
+    if not config.fast_path:
+        model.fast_path = False
+    trainer_options = {k: v for k, v in config.items(branches=True) if k in TRAINER_OPTIONS}
+    runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
+    resume = plan_resume(config.ckpt_path, runs_dir, model, data, config.max_epochs) if config.ckpt_path else None
+    if config.ckpt_path and resume is None:
+        print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
+    stop = StopOnInterrupt()
+    summary = RunSummary(name, stop)
+    callbacks = [summary, stop, RunCheckpoint(), *instantiate_all(trainer_options.pop("callbacks"))]
+    if trainer_options["enable_progress_bar"] is not False:
+        callbacks.append(EpochProgressBar(make_bar))
+    # last.ckpt every --checkpoint_every epochs, and the best by val/acc. A callback of its own writes
+    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved. It
+    # saves once the epoch has ended (after its validation): a checkpoint saved at a validation's end
+    # resumes inside that epoch, whose end then runs and logs a second time.
+    latest = ModelCheckpoint(
+        filename="last",
+        every_n_epochs=config.checkpoint_every,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    if trainer_options["enable_checkpointing"] is not False:
+        # The best first: last.ckpt, written after it at the same validation, then records its choice.
+        callbacks += [BestCheckpoint(), latest]
+    # fast_dev_run is a dry run: Lightning writes no logs or checkpoints, and the run writes nothing either.
+    dry_run = bool(trainer_options["fast_dev_run"])
+    if not dry_run:
+        run_config = config.clone()
+        run_config.model = name if config.model == "all" else config.model
+        callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+    # The run's length and data beside the network's options, so that HPARAMS compares runs by them too.
+    run_options = {"max_epochs": config.max_epochs, "data": {"name": type(data).__name__, **data.hparams}}
+    # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
+    callbacks.append(Pictures(name, run_options, draw=config.pictures and not stacks_copies(config) and not dry_run))
+    logger = trainer_options.pop("logger")
+    if logger in (None, True):
+        logger = run_logger(runs_dir, resume)
+    elif logger is not False:
+        logger = users_loggers(logger, runs_dir)
+    try:
+        trainer = L.Trainer(**trainer_options, logger=logger, callbacks=callbacks)
+    except MisconfigurationException as error:
+        raise UsageError(str(error).split("\n")[0]) from None
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
+        raise UsageError(f"--devices {config.devices}: this machine has only {os.cpu_count()} CPU cores")
+    if trainer.world_size > 1 and isinstance(model, StackedCopies):
+        raise UsageError("--seeds and --lrs train their copies on one device: leave out --devices and --strategy")
+    if trainer.world_size > 1 and not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(
+            f"{name} keeps its weights in plain tensors, which DistributedDataParallel cannot see: "
+            "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
+        )
+    try:
+        with stop.listening(trainer, latest):
+            trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+    except RunInterrupted:
+        pass  # a second signal: the summary so far is below
+    except SIGTERMException:  # Lightning's own stop, under several processes: every rank stops at one batch
+        stop.signum = signal.SIGTERM
+    except TrainingDiverged as error:
+        kept = latest.best_model_path  # with no monitor, the "best" is the newest
+        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
+    except MisconfigurationException as error:  # an option Lightning refuses for this network
+        raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise CannotWrite.during(name, error, trainer.log_dir, latest.best_model_path) from None
+    if stop.requested:
+        raise RunInterrupted(summary.summary, stop.checkpoint or latest.best_model_path, stop.signum)
+    return summary.summary
+
+
+def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
+    """Objects of the classes an option names (`--callbacks`, `--logger`): one, several or none."""
+    if classes is None:
+        return []
+    return [instantiate_class((), c.as_dict()) for c in (classes if isinstance(classes, list) else [classes])]
+
+
+def users_loggers(loggers: Namespace | list[Namespace], runs_dir: Path) -> list[Logger]:
+    """The loggers --logger names, writing where the default one does: under --default_root_dir, in the
+    network's folder (`<default_root_dir>/<network>/version_N`) unless given a `name` of their own."""
+    made = []
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        spec = spec.clone()
+        options = spec.get("init_args") or Namespace()
+        if "save_dir" in options:
+            options.save_dir = str(runs_dir.parent)
+        module, _, class_name = spec.class_path.rpartition(".")
+        name = inspect.signature(getattr(importlib.import_module(module), class_name)).parameters.get("name")
+        if name is not None and options.get("name") == name.default:
+            options.name = runs_dir.name
+        made += instantiate_all(spec)
+    return made
+
+
+def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
+    """A new version under `runs_dir` (claimed when the fit starts), or the resumed run's own folder."""
+    if resume is not None and resume.run_dir is not None:
+        return resume.logger()
+    return RunLogger(runs_dir.parent, name=runs_dir.name, **LOGGER_OPTIONS)
+
+
+def check_writable(folder: str) -> None:
+    """Fail before training, not after it, when the logs cannot be written (creating nothing: a
+    command that fails later on a bad option leaves no folder behind)."""
+    existing = next(path for path in (Path(folder).absolute(), *Path(folder).absolute().parents) if path.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
