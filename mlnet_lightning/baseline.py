@@ -78,15 +78,17 @@ def fit_tutorial(
     lr: float = 0.2,
     logits: bool = False,
     seed: int = 0,
+    record: bool = True,
 ) -> PlainRun:
-    """The tutorial's own loop for one section, recording loss and accuracy every epoch."""
+    """The tutorial's own loop for one section, recording loss and accuracy every epoch (or, without
+    `record`, only the last epoch's loss)."""
     net, update = tutorial_network(name, logits, seed)
     if name == "scratch":
         loss_fn = (lambda out, t: hand_cross_entropy(out.softmax(-1), t)) if logits else hand_cross_entropy
     else:
         loss_fn = F.cross_entropy
     optimizer = torch.optim.SGD(net.parameters(), lr=lr) if update == "sgd" else None
-    return fit_plain(net, loss_fn, optimizer, x, y, x_val, y_val, epochs, lr=lr)
+    return fit_plain(net, loss_fn, optimizer, x, y, x_val, y_val, epochs, lr=lr, record=record)
 
 
 def fit_plain(
@@ -101,8 +103,10 @@ def fit_plain(
     lr: float = 0.2,
     batch_size: int | None = None,
     seed: int = 0,
+    record: bool = True,
 ) -> PlainRun:
-    """A plain loop: without an optimizer, parameters step by hand (p -= lr * grad)."""
+    """A plain loop: without an optimizer, parameters step by hand (p -= lr * grad). `record` keeps each
+    epoch's loss and accuracy (a host sync each); without it, only the last batch's loss."""
     run = PlainRun()
     epoch = 0
     batches = TensorBatches(x, y, batch_size, seed, lambda: epoch)  # only for its shuffled batch order
@@ -113,8 +117,9 @@ def fit_plain(
             output = net(xb)
             loss = loss_fn(output, yb)
             loss.backward()
-            total_loss += loss.item() * len(yb)
-            correct += (output.argmax(1) == yb).sum().item()
+            if record:
+                total_loss += loss.item() * len(yb)
+                correct += (output.argmax(1) == yb).sum().item()
             if optimizer is None:
                 with torch.no_grad():
                     for param in net.parameters():
@@ -123,8 +128,11 @@ def fit_plain(
             else:
                 optimizer.step()
                 optimizer.zero_grad()
-        run.losses.append(total_loss / len(y))
-        run.train_accs.append(correct / len(y))
+        if record:
+            run.losses.append(total_loss / len(y))
+            run.train_accs.append(correct / len(y))
+    if not record:
+        run.losses.append(loss.item())
     with torch.no_grad():  # the last validation belongs to the run, as in the Trainer (.item() waits for a GPU)
         run.val_acc = (net(x_val).argmax(1) == y_val).float().mean().item()
     run.seconds = time.perf_counter() - start

@@ -177,6 +177,11 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     models = [resolve_model(name) for name in names]
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
+    every = config.check_val_every_n_epoch
+    if every is not None and every < 1:  # Lightning would divide by it mid-fit
+        raise UsageError(
+            f"--check_val_every_n_epoch must be a positive integer (or null: validate by steps), got {every}"
+        )
     if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
         raise UsageError("--mlp options apply to --model mlp only")
     if (config.jobs or 1) > 1 and not can_train_in_parallel(config):
