@@ -153,26 +153,26 @@ class TutorialModule(L.LightningModule):
 
     def train_epoch(self, x: Tensor, y: Tensor, update: Callable[[], None]) -> tuple[Tensor, Tensor]:
         """One full-batch epoch as the fast path trains it: the step above without Lightning's hooks,
-        `update` being its optimizer's step. Returns the loss and the output, detached."""
+        `update` being its optimizer's step. Returns the loss and the number of points classified right
+        (kept rather than the output: a bulk holding every epoch's output ran 5-10% slower)."""
         output = self(x)
         loss = self.loss(output, y)
         loss.backward()
         update()
-        return loss.detach(), output.detach()
+        return loss.detach(), output.detach().argmax(-1).eq(y).sum()
 
     def epoch_points(
         self, records: list[tuple[Tensor, Tensor]], y: Tensor, rates: list[float], first_epoch: int
     ) -> dict[str, Tensor]:
         """What this module's self.log calls give Lightning's epoch-end logging for epochs the fast path
         trained: the loss through self.log's weighted mean, (loss * N) / N, and the accuracy."""
-        losses, outputs = (torch.stack(column) for column in zip(*records))
+        losses, correct = (torch.stack(column) for column in zip(*records))
         check_finite(losses, first_epoch)
         n = len(y)
         points = {"train/loss": losses * n / n}
         if rates:
             points["train/lr"] = torch.tensor(rates, device=y.device) * n / n  # the default dtype, as self.log
-        # One argmax over the bulk costs less than one an epoch (13.8 against 16.1 ms per 1,000 epochs).
-        points["train/acc"] = outputs.argmax(-1).eq(y).sum(-1).float() / n
+        points["train/acc"] = correct.float() / n
         return points
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
