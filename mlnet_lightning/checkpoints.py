@@ -50,8 +50,9 @@ def class_path(obj: object) -> str:
 class RunCheckpoint(L.Callback):
     """Makes each checkpoint enough to use or continue the run on its own: it records the model's and
     the data's classes (their options are the checkpoint's hyperparameters) and the latest metrics, and
-    it flushes the loggers first, so that the curves on disk reach at least the checkpoint's epoch even
-    if the process is killed right after."""
+    it flushes the loggers first, so that the curves on disk reach the epochs before the checkpoint's
+    even if the process is killed right after. (Lightning logs an epoch's own end after the checkpoint
+    callbacks of that epoch: a kill in between loses that epoch's point; the resumed run starts after it.)"""
 
     def __init__(self) -> None:
         self.restored_metrics: dict[str, float] = {}
