@@ -157,12 +157,10 @@ class StopOnInterrupt(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """last.ckpt where the fit ended, once Lightning has closed the last epoch (its counters, logs and
-        learning rate schedule): the state a resumed fit starts the next epoch from. A stop's checkpoint,
-        or the last epoch's where --checkpoint_every does not divide the epochs."""
+        """The stop's checkpoint, once Lightning has closed the last epoch (its counters, logs and learning
+        rate schedule): the state a resumed fit starts the next epoch from."""
         trained = trainer.global_step > self._first_step
-        own_stop = self.requested and trainer.world_size == 1  # under several processes Lightning's stop
-        if not (trained and (own_stop or not self.requested) and self.latest is not None):
+        if not (self.requested and trained and trainer.world_size == 1 and self.latest is not None):
             return
         if self.latest not in trainer.callbacks or self.latest.dirpath is None:
             return

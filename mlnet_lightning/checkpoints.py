@@ -18,6 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mlnet_lightning.fastpath.lightning_internals import epochs_in_checkpoint
+
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
 
@@ -230,20 +232,10 @@ def resume_path(ckpt_path: str, runs_dir: Path) -> Path | None:
     return newest_last_checkpoint(runs_dir) if ckpt_path == "last" else Path(ckpt_path)
 
 
-def epochs_trained(checkpoint: dict[str, Any]) -> int:
-    """The epochs whose training a checkpoint holds. `epoch` counts the epochs ended; a checkpoint written
-    in an epoch's hooks after its last batch (at a validation) also holds the training of that epoch."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    epochs = loop.get("epoch_progress", {}).get("current", {})
-    under_way = epochs.get("started", 0) > epochs.get("completed", 0)
-    trained_through = loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
-    return int(checkpoint["epoch"]) + (under_way and trained_through)
-
-
 def check_epochs(checkpoint: dict[str, Any], path: Path, max_epochs: int | None) -> None:
     """Refuse to resume from a checkpoint that already holds `max_epochs` epochs or more: Lightning
     would rewrite the run's config.yaml and then fail, or train nothing and rewrite its summary."""
-    trained = epochs_trained(checkpoint)
+    trained = epochs_in_checkpoint(checkpoint)
     if max_epochs is not None and 0 <= max_epochs <= trained:
         raise CheckpointError(
             f"--max_epochs {max_epochs}: {path} has trained {trained} epochs already; "

@@ -1,12 +1,15 @@
-"""The little of Lightning's private state that the fast path reads and writes, in one place.
+"""The little of Lightning's private state that the project reads and writes, in one place.
 
 Lightning has no public way to say "these epochs were trained elsewhere", nor to ask a ModelCheckpoint
-or EarlyStopping when it will next act. tests/test_lightning_internals.py pins every line here
-against the installed Lightning: a fit whose epochs were trained in bulk ends with the same loop
-state, counter for counter, as the same fit trained epoch by epoch.
+or EarlyStopping when it will next act, nor to tell how far a checkpoint's epoch had got.
+tests/test_lightning_internals.py pins the fast path's lines against the installed Lightning: a fit
+whose epochs were trained in bulk ends with the same loop state, counter for counter, as the same fit
+trained epoch by epoch; tests/test_faults.py resumes from checkpoints taken at each point of an epoch.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -67,3 +70,13 @@ def checks_every_train_epoch(callback: EarlyStopping) -> bool:
     """Whether an EarlyStopping checks its metric at the end of every training epoch (rather than after
     each validation)."""
     return bool(callback._check_on_train_epoch_end)
+
+
+def epochs_in_checkpoint(checkpoint: dict[str, Any]) -> int:
+    """The epochs whose training a checkpoint holds. `epoch` counts the epochs ended; a checkpoint written
+    in an epoch's hooks after its last batch (at a validation) also holds the training of that epoch."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current", {})
+    under_way = epochs.get("started", 0) > epochs.get("completed", 0)
+    trained_through = loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    return int(checkpoint["epoch"]) + (under_way and trained_through)
