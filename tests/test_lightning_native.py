@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,8 @@ from mlnet_lightning.data import BlobData, TensorBatches, shuffled_order
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Linear, Scratch, Sequential, TutorialModule
 from tests.conftest import train
 
+# scripts/gpu_check.sh runs the tests that compare nothing with a loop on the CPU on the GPU too.
+ACCELERATOR = os.environ.get("MLNET_TEST_ACCELERATOR", "cpu")
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 BY_HAND = ("scratch", "functional", "parameter")
 WITH_OPTIM = ("linear", "sequential")
@@ -34,7 +37,7 @@ DATA = BlobData()
 
 def quiet_trainer(**options) -> L.Trainer:
     """A Trainer that writes nothing unless asked to."""
-    return L.Trainer(**{"accelerator": "cpu", **QUIET, **options})
+    return L.Trainer(**{"accelerator": ACCELERATOR, **QUIET, **options})
 
 
 def trained_tensors(model: L.LightningModule) -> list[Tensor]:
@@ -501,10 +504,8 @@ def fit_and_record(folder: Path, model: TutorialModule, data: BlobData, fast_pat
     ]
     loggers = [CSVLogger(folder, name="csv"), TensorBoardLogger(folder, name="tb")]
     ckpt_path = options.pop("ckpt_path", None)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=loggers, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
-        **options,
-    )  # fmt: skip
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    trainer = L.Trainer(accelerator=ACCELERATOR, logger=loggers, callbacks=callbacks, **quiet, **options)
     trainer.fit(model, data, ckpt_path=ckpt_path)
     saved = {
         f"{path.parent.name}/{path.name}": {key: torch.load(path, weights_only=False)[key] for key in CHECKPOINT_KEYS}
