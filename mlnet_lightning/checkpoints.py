@@ -211,7 +211,7 @@ class Resume:
 
 
 # TensorBoard's writer hands each event to its own thread through a queue of 10 by default, so a
-# chunk's thousand points would wait on that thread event by event (measured: 176 against 13 us a
+# bulk's thousand points would wait on that thread event by event (measured: 176 against 13 us a
 # point); the queue is flushed with every checkpoint and at the end.
 LOGGER_OPTIONS = {"default_hp_metric": False, "max_queue": 100_000}
 

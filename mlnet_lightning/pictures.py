@@ -157,7 +157,7 @@ class SeriesRecorder(Logger):
 class Pictures(L.Callback):
     """Logs the hyperparameters with the run's final metrics (TensorBoard's HPARAMS tab) and, when
     `draw`, the pictures: `data`, `decision_boundary` (snapshots at the start, ~`snapshots` times
-    during training and at the end, the image step being the number of data epochs trained) and
+    during training and at the end, the image step being the number of epochs trained) and
     `confusion_matrix` in TensorBoard's IMAGES tab, and data.png, decision_boundary.png,
     confusion_matrix.png and curves.png in the run folder.
 
@@ -198,7 +198,7 @@ class Pictures(L.Callback):
             self.snapshot(trainer, pl_module, done)
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        """Log the decision boundary after `step` data epochs with the training points on top, drawn
+        """Log the decision boundary after `step` epochs with the training points on top, drawn
         without matplotlib to keep training fast."""
         data = trainer.datamodule
         image = shade(*predict_grid(pl_module, self.grid), data.num_classes)
