@@ -1,9 +1,11 @@
 """On a CUDA GPU (`pytest -m gpu`; skipped where there is none): replayed epochs against eager ones, the
-fallbacks on real captures, mini-batches, mixed precision, the fast path and stacked seeds. Then, on any
+fallbacks on real captures, mini-batches, mixed precision, the fast path, stacked seeds and issue 11's
+Lightning-native conformance tests. Then, on any
 machine, the dry run of the prepared GPU check (scripts/gpu_check.sh, docs/gpu.md)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -19,6 +21,13 @@ from tests.test_replay import REPLAYED, assert_same_fit, fallback_warnings, fit,
 
 ACCELERATOR = "gpu"
 on_gpu = partial(fit, accelerator=ACCELERATOR)
+# tests/test_lightning_native.py's tests that compare nothing with a loop on the CPU: epochs, steps,
+# validation and checkpoint cadence, early stopping, loggers, a user's epoch callback, the four stages,
+# and the fast path on and off (bitwise).
+ON_ANY_DEVICE = (
+    "max_epochs_is or max_steps or check_val or model_checkpoint or early_stopping or loggers_get or "
+    "epoch_callback or validate_and_test or predict or fast_path_changes_nothing"
+)
 
 
 def needs_gpu(test):
@@ -134,3 +143,12 @@ def test_the_gpu_check_dry_run():
         assert any(line.startswith(f"{name} replayed vs eager") and " ok " in line for line in table), table
     assert any(line.startswith("gpu tests") for line in table)
     assert not any(" FAIL " in line for line in table)
+
+
+@needs_gpu
+def test_lightning_native_conformance_on_cuda():
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_lightning_native.py"]
+    env = {**os.environ, "MLNET_TEST_ACCELERATOR": ACCELERATOR}
+    result = subprocess.run([*command, "-k", ON_ANY_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout.splitlines()[-1]
