@@ -81,10 +81,11 @@ def stopped_before_training(program: str, signum: int) -> int:
     return exit_status(signum)
 
 
-def run_command(program: str, module: str) -> int:
-    """Import `module` (seconds: torch, Lightning) and run its `main()`. A stop request during the import
+def run_command(program: str, module: str, function: str = "main") -> int:
+    """Import `module` (seconds: torch, Lightning) and run its `function`. A stop request during the import
     ends the process at once, in one line: an exception raised inside a C extension's initialisation
-    can end in an unrelated ImportError, or an abort."""
+    can end in an unrelated ImportError, or an abort. Ctrl-C later, in a command with nothing to save
+    (evaluate.py, predict.py; train.py handles its own), ends it in one line too."""
 
     def exit_at_once(signum: int, frame: Any) -> None:
         stopped_before_training(program, signum)
@@ -92,6 +93,9 @@ def run_command(program: str, module: str) -> int:
         os._exit(exit_status(signum))
 
     previous = take_signals({signal.SIGINT: exit_at_once, signal.SIGTERM: exit_at_once})
-    main = importlib.import_module(module).main
+    main = getattr(importlib.import_module(module), function)
     restore_handlers(previous)
-    return main()
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return stopped_before_training(program, signal.SIGINT)

@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.inference import evaluate_main
+from mlnet_lightning.signals import run_command
 
 if __name__ == "__main__":
-    sys.exit(evaluate_main())
+    sys.exit(run_command("evaluate.py", "mlnet_lightning.inference", "evaluate_main"))

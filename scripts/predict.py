@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.inference import predict_main
+from mlnet_lightning.signals import run_command
 
 if __name__ == "__main__":
-    sys.exit(predict_main())
+    sys.exit(run_command("predict.py", "mlnet_lightning.inference", "predict_main"))

@@ -147,6 +147,23 @@ def test_a_signal_during_start_up_stops_at_once_in_one_line(tmp_path, signum):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+SCRIPT_OPTIONS = {"evaluate.py": ["--ckpt", "run.ckpt"], "predict.py": ["--ckpt", "run.ckpt", "--input", "in.csv",
+                                                                         "--output", "out.csv"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", SCRIPT_OPTIONS)
+def test_ctrl_c_stops_evaluate_and_predict_in_one_line(tmp_path, script):
+    command = [sys.executable, str(ROOT / "scripts" / script), *SCRIPT_OPTIONS[script]]
+    victim = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)  # importing torch and Lightning takes longer
+    assert victim.poll() is None
+    victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=60)
+    assert victim.returncode == 130
+    [line] = stderr.splitlines()
+    assert line.startswith(f"{script}: stopped by Ctrl-C")
+
+
 def test_sigterm_to_the_jobs_parent_stops_every_worker_at_a_checkpoint(tmp_path):
     parent = start(tmp_path, *ALL_AT_ONCE)
     wait_for(lambda: last_checkpoint(tmp_path, "scratch").exists() and len(workers(parent.pid)) == 2, parent)
