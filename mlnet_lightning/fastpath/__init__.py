@@ -16,6 +16,6 @@ A module supports the fast path by defining, beside its ordinary Lightning steps
   calls would have given Lightning's epoch-end logging, one tensor per name (raises on divergence).
 """
 
-from mlnet_lightning.fastpath.bulk import fast_forward, unobserved_epochs
+from mlnet_lightning.fastpath.bulk import fast_forward
 
-__all__ = ["fast_forward", "unobserved_epochs"]
+__all__ = ["fast_forward"]
