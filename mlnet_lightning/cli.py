@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import re
@@ -227,9 +228,14 @@ def one_line(error: Exception) -> str:
 
 
 def prepare() -> None:
-    """Quiet Lightning, and let --model my_file.MyNet import from the working directory."""
+    """Quiet Lightning, let --model my_file.MyNet import from the working directory, and set the imports'
+    objects aside from the garbage collector."""
     _quiet_lightning()
     sys.path.insert(0, str(Path.cwd()))
+    # torch and Lightning leave about a million objects that live as long as the process: frozen, the
+    # collector no longer walks them, which took 1 s at the interpreter's exit (measured on 2 cores), and
+    # forked --jobs workers share their memory pages instead of copying them.
+    gc.freeze()
 
 
 def print_error(program: str, error: BaseException | str) -> None:
