@@ -30,7 +30,15 @@ from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
 from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_parallel, train_in_parallel
-from mlnet_lightning.runs import UsageError, check_writable, resolve_model, stacks_copies, train_one
+from mlnet_lightning.runs import (
+    AUTO_VALIDATION,
+    UNBOUNDED_VALIDATION_EVERY,
+    UsageError,
+    check_writable,
+    resolve_model,
+    stacks_copies,
+    train_one,
+)
 from mlnet_lightning.signals import (
     Terminated,
     describe,
@@ -134,11 +142,16 @@ def build_parser() -> LightningArgumentParser:
     parser.set_defaults(
         {
             "max_epochs": 10_000,
-            "check_val_every_n_epoch": 100,
+            "check_val_every_n_epoch": AUTO_VALIDATION,
             "default_root_dir": "lightning_logs",
             "num_sanity_val_steps": 0,
             "enable_model_summary": False,
         }
+    )
+    validation = next(action for action in parser._actions if action.dest == "check_val_every_n_epoch")
+    validation.help += (
+        f" Here the default, {AUTO_VALIDATION}, validates at least ten times a run, every 1, 10, 100, ... "
+        f"epochs (1000 for 10,000 epochs; {UNBOUNDED_VALIDATION_EVERY} with max_epochs -1)."
     )
     return parser
 
@@ -179,9 +192,10 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
     every = config.check_val_every_n_epoch
-    if every is not None and every < 1:  # Lightning would divide by it mid-fit
+    if every is not None and every < AUTO_VALIDATION:  # Lightning would divide by it mid-fit
         raise UsageError(
-            f"--check_val_every_n_epoch must be a positive integer (or null: validate by steps), got {every}"
+            f"--check_val_every_n_epoch must be a positive integer, {AUTO_VALIDATION} (at least ten validations a run) "
+            f"or null (validate by steps), got {every}"
         )
     if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
         raise UsageError("--mlp options apply to --model mlp only")

@@ -90,3 +90,21 @@ def test_a_plain_lightning_module_trains_through_the_same_command(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "logs" / "plainnet" / "version_0" / "summary.json").read_text())
     assert summary["epochs"] == 30 and summary["val_acc"] > 0.5
+
+
+def test_the_default_validation_cadence_leaves_ten_validations_or_more(tmp_path):
+    """By default, every 1, 10, 100, ... epochs: the largest power of ten leaving at least ten validations,
+    written to config.yaml as the number it was; a run shorter than 1,000 epochs still validates."""
+    for max_epochs, every in (("9", 1), ("250", 10)):
+        summary = train(tmp_path / max_epochs, "--model", "linear", "--max_epochs", max_epochs, "--pictures", "false")
+        run_dir = tmp_path / max_epochs / "linear" / "version_0"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["check_val_every_n_epoch"] == every
+        assert summary["linear"]["val_acc"] is not None
+        assert list((run_dir / "checkpoints").glob("epoch=*-best.ckpt"))
+
+
+def test_a_negative_validation_cadence_is_one_line():
+    result = run_script("train.py", "--model", "linear", "--check_val_every_n_epoch", "-1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--check_val_every_n_epoch" in result.stderr and "-1" in result.stderr
