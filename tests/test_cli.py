@@ -108,3 +108,13 @@ def test_a_negative_validation_cadence_is_one_line():
     result = run_script("train.py", "--model", "linear", "--check_val_every_n_epoch", "-1")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--check_val_every_n_epoch" in result.stderr and "-1" in result.stderr
+
+
+def test_a_trainer_option_given_as_a_class_with_arguments_is_made(tmp_path):
+    """`--profiler SimpleProfiler --profiler.dirpath ...` (a class and its arguments, not a name Lightning
+    knows) reaches the Trainer as the object, not as the parsed options."""
+    profiler = ("--profiler", "SimpleProfiler", "--profiler.dirpath", str(tmp_path / "prof"))
+    profiler += ("--profiler.filename", "p")
+    summary = train(tmp_path, "--model", "linear", "--max_epochs", "20", "--pictures", "false", *profiler)
+    assert summary["linear"]["epochs"] == 20
+    assert "run_training_epoch" in (tmp_path / "prof" / "fit-p.txt").read_text()
