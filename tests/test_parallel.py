@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlnet_lightning.cli import build_parser
 from mlnet_lightning.models import TUTORIAL_MODELS
+from mlnet_lightning.parallel import auto_jobs
 from tests.conftest import ONE_THREAD_ENV, ROOT, run_script, train
 from tests.test_resume import wait_for, without_time
 
@@ -60,3 +62,14 @@ def test_ctrl_c_stops_every_worker_at_a_checkpoint(tmp_path):
     assert "Traceback" not in stderr and "--ckpt_path last" in stderr
     assert [line.split()[0] for line in stdout.splitlines()[1:]] == list(TUTORIAL_MODELS)  # the table so far
     assert not list(Path(tmp_path).glob("*/version_0/summary.json"))  # none looks finished
+
+
+def test_by_default_one_process_a_core_plus_those_that_would_end_alone(monkeypatch):
+    """Five networks on two cores: three at once, then two (none left alone at the end, fewer sharing a
+    core); on one core or a GPU, one process."""
+    on_cpu = build_parser().parse_args(["--accelerator", "cpu"])
+    for cores, networks, jobs in ((2, 5, 3), (4, 5, 5), (3, 5, 5), (16, 5, 5), (2, 1, 1), (2, 4, 2), (1, 5, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert auto_jobs(on_cpu, networks) == jobs, (cores, networks)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert auto_jobs(build_parser().parse_args(["--accelerator", "cpu", "--devices", "2"]), 5) == 1
