@@ -116,7 +116,9 @@ def large_case(batch_size: int | None, epochs: int, accelerator: str, device: to
     net = wide_network().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
     plain = fit_plain(net, F.cross_entropy, optimizer, *on_device(data, device), epochs, batch_size=batch_size)
-    seconds, summary = trainer_run(Wide, "wide", accelerator, root, data, epochs)
+    # One validation, at the end, as the plain loop's (the default would validate after every one of so few epochs).
+    at_the_end = ("--check_val_every_n_epoch", str(epochs))
+    seconds, summary = trainer_run(Wide, "wide", accelerator, root, data, epochs, *at_the_end)
     label = f"2-256-256-4, 1M points, {'full batch' if batch_size is None else f'batch {batch_size}'}"
     return row(label, summary, epochs, [plain.seconds], [seconds], plain.losses[-1])
 

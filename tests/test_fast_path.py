@@ -4,9 +4,11 @@ import os
 
 import pytest
 import torch
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 
-from mlnet_lightning.fastpath.events import masked_crc32c
+from mlnet_lightning.fastpath.events import encode_events, masked_crc32c
 from mlnet_lightning.fastpath.updates import descend, is_plain_sgd
 from tests.conftest import train
 from tests.test_tutorial import fit_lightning
@@ -60,3 +62,20 @@ def test_descend_only_where_sgd_is_plain():
 def test_checksums_of_a_bulk_are_tensorboards():
     records = [os.urandom(n) for n in (0, 1, 8, 8, 41, 41, 57, 300)]
     assert masked_crc32c(records) == [tensorboard_crc(record) for record in records]
+
+
+def test_events_of_a_bulk_are_the_bytes_protobuf_writes():
+    """Steps around each varint length (0 is left out, as proto3 does), float32 rounding, a value beyond
+    float32 (infinite, as protobuf stores it), negative numbers and an integer column (`epoch`)."""
+    steps = [0, 1, 127, 128, 16_383, 16_384, 2**31 + 5, 2**40]
+    columns = {
+        "train/loss": [1.3951604366, 0.1, 1e-45, 3.0e39, -2.5, 0.0, 7.0, 1 / 3],
+        "epoch": [float(step) for step in steps],
+        "a much longer name of a metric, to pass 127 bytes of value" * 3: [0.5] * len(steps),
+    }
+    wall_time = 1795950000.123456
+    expected = []
+    for i, step in enumerate(steps):
+        values = [Summary.Value(tag=name, simple_value=column[i]) for name, column in columns.items()]
+        expected.append(Event(wall_time=wall_time, step=step, summary=Summary(value=values)).SerializeToString())
+    assert encode_events(wall_time, steps, columns) == expected

@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
 
 _CRC_TABLE = np.array(CRC_TABLE, dtype=np.uint32)
@@ -32,17 +30,44 @@ def write_tensorboard_events(logger: TensorBoardLogger, epochs: Sequence[int], c
     """Append one event per epoch, holding all its values, to the logger's event file, framed here.
 
     TensorBoardLogger would queue an event per value for its writer thread, whose pure-Python
-    checksum (~20 us an event) holds the GIL and which each checkpoint waits for. Here the checksums
-    of a bulk's events take one pass of numpy over their bytes: 10,000 epochs of 3 values took 0.09 s
-    against 0.75-0.88 s through `logger.log_metrics` (docs/benchmarks.md)."""
-    now = time.time()
-    records = []
-    for i, epoch in enumerate(epochs):
-        values = [Summary.Value(tag=name, simple_value=column[i]) for name, column in columns.items()]
-        records.append(Event(wall_time=now, step=epoch, summary=Summary(value=values)).SerializeToString())
+    checksum (~20 us an event) holds the GIL and which each checkpoint waits for. Here the events of a
+    bulk are encoded and checksummed together: 10,000 epochs of 3 values took 0.02 s against 0.75-0.88 s
+    through `logger.log_metrics` (docs/benchmarks.md)."""
     event_writer = logger.experiment._get_file_writer().event_writer
     event_writer.flush()  # what is queued goes first; the writer thread then waits idle
-    event_writer._general_file_writer.write(frame_records(records))
+    event_writer._general_file_writer.write(frame_records(encode_events(time.time(), epochs, columns)))
+
+
+def encode_events(wall_time: float, steps: Sequence[int], columns: dict[str, list[float]]) -> list[bytes]:
+    """For each step, TensorBoard's `Event(wall_time, step, Summary(one simple_value per column))` as
+    `SerializeToString()` gives it, byte for byte (tests/test_fast_path.py): the columns' tags are encoded
+    once and each step adds its numbers, 4x faster than building the protobuf messages (0.044 s against
+    0.012 s for 10,000 steps of 3 values)."""
+    tagged = []
+    for name in columns:
+        tag = name.encode()
+        value = b"\x0a" + varint(len(tag)) + tag + b"\x15"  # Value: tag (field 1), then simple_value (2, float)
+        tagged.append(b"\x0a" + varint(len(value) + 4) + value)  # Summary: one Value (field 1)
+    head = b"\x09" + struct.pack("<d", wall_time)  # Event: wall_time (field 1, double)
+    summary = b"\x2a" + varint(sum(len(prefix) + 4 for prefix in tagged))  # Event: summary (field 5)
+    pack_values = struct.Struct("<" + "".join(f"{len(prefix)}sf" for prefix in tagged)).pack
+    with np.errstate(over="ignore"):  # a float32 field: what overflows it is infinite, as protobuf stores it
+        rows = np.asarray(list(columns.values()), dtype=np.float32).T.tolist()
+    records = []
+    for step, row in zip(steps, rows):
+        step_field = b"\x10" + varint(step) if step else b""  # Event: step (field 2), left out when 0
+        records.append(head + step_field + summary + pack_values(*(x for pair in zip(tagged, row) for x in pair)))
+    return records
+
+
+def varint(number: int) -> bytes:
+    """A non-negative integer in protobuf's base-128 varint encoding."""
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
 
 
 def frame_records(records: list[bytes]) -> bytes:
