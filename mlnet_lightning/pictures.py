@@ -8,6 +8,7 @@ matplotlib (its Agg canvas, which needs no display) draws the figures once train
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,14 @@ class SeriesRecorder(Logger):
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for name, value in metrics.items():
-            steps, values = self.series.setdefault(name, ([], []))
-            steps.append(step)
-            values.append(float(value))
+        self.log_columns([step], {name: [value] for name, value in metrics.items()})
+
+    def log_columns(self, steps: Sequence[int], columns: dict[str, list[float]]) -> None:
+        """The points of several steps at once (the fast path's bulks: a call a step cost 3.5 us)."""
+        for name, values in columns.items():
+            logged_steps, logged_values = self.series.setdefault(name, ([], []))
+            logged_steps.extend(steps)
+            logged_values.extend(map(float, values))
 
     def last(self, name: str) -> float | None:
         return self.series[name][1][-1] if name in self.series else None

@@ -1,5 +1,6 @@
 """Pictures of a run: TensorBoard images and hparams, PNG files, and a decision boundary that is right."""
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -127,3 +128,19 @@ def test_a_users_network_gets_its_boundary_drawn(tmp_path):
     run_dir = tmp_path / "run" / "version_0"
     assert image_steps(read_events(run_dir))["decision_boundary"] == [0, 100, 200, 300]
     assert all((run_dir / name).exists() for name in PNG_FILES)
+
+
+def test_the_curves_hold_every_point_with_the_fast_path_on_or_off(tmp_path):
+    """The recorder behind curves.png takes a bulk's points at once: the same series as epoch by epoch."""
+    series = {}
+    for fast_path in (True, False):
+        model, pictures = Sequential(), Pictures("sequential", draw=False)
+        model.fast_path = fast_path
+        trainer = L.Trainer(
+            max_epochs=250, check_val_every_n_epoch=50, callbacks=[pictures], default_root_dir=tmp_path,
+            accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(model, BlobData())
+        series[fast_path] = pictures.recorder.series
+    assert series[True] == series[False]
+    assert series[True]["train/loss"][0] == list(range(250)) and series[True]["val/acc"][0] == [49, 99, 149, 199, 249]

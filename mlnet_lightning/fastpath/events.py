@@ -16,14 +16,17 @@ _CRC_TABLE = np.array(CRC_TABLE, dtype=np.uint32)
 
 
 def log_points(loggers: Iterable[Logger], epochs: Sequence[int], columns: dict[str, list[float]]) -> None:
-    """Log point i of every column at step epochs[i], to every logger."""
+    """Log point i of every column at step epochs[i], to every logger (at once to a logger that defines
+    `log_columns(steps, columns)`, as the pictures' recorder does)."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and not logger._prefix:
             if rank_zero_only.rank == 0:  # as TensorBoardLogger.log_metrics
                 write_tensorboard_events(logger, epochs, columns)
-            continue
-        for i, epoch in enumerate(epochs):
-            logger.log_metrics({name: column[i] for name, column in columns.items()}, step=epoch)
+        elif callable(getattr(logger, "log_columns", None)):
+            logger.log_columns(epochs, columns)
+        else:
+            for i, epoch in enumerate(epochs):
+                logger.log_metrics({name: column[i] for name, column in columns.items()}, step=epoch)
 
 
 def write_tensorboard_events(logger: TensorBoardLogger, epochs: Sequence[int], columns: dict[str, list[float]]) -> None:
