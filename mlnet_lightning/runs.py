@@ -50,8 +50,8 @@ UNBOUNDED_VALIDATION_EVERY = 1000
 def validation_every(max_epochs: int | None) -> int:
     """The default validation cadence: the largest power of ten that leaves at least ten validations (1,000
     for the tutorial's 10,000 epochs). Each validation is an epoch that Lightning runs with all its hooks,
-    logging and checkpoint checks (5-7 ms here against 0.4 ms of the tutorial's arithmetic): a fixed 100
-    cost a 10,000-epoch run 13-15% (docs/benchmarks.md), and a fixed 1,000 would leave shorter runs with no
+    logging and checkpoint checks (4.7-6 ms here against 0.4 ms of the tutorial's arithmetic): a fixed 100
+    cost a 10,000-epoch run 10-14% (docs/benchmarks.md), and a fixed 1,000 would leave shorter runs with no
     validation and no checkpoint. Powers of ten keep the cadence of a run resumed with a longer max_epochs."""
     if max_epochs is None or max_epochs < 0:
         return UNBOUNDED_VALIDATION_EVERY
