@@ -150,8 +150,9 @@ def build_parser() -> LightningArgumentParser:
     )
     validation = next(action for action in parser._actions if action.dest == "check_val_every_n_epoch")
     validation.help += (
-        f" Here the default, {AUTO_VALIDATION}, validates at least ten times a run, every 1, 10, 100, ... "
-        f"epochs (1000 for 10,000 epochs; {UNBOUNDED_VALIDATION_EVERY} with max_epochs -1)."
+        f" Here the default, {AUTO_VALIDATION}, validates every 1, 10, 100, ... epochs: the largest power of ten "
+        f"that leaves ten validations in max_epochs (every epoch below 100 epochs, every 1000 for 10,000; "
+        f"{UNBOUNDED_VALIDATION_EVERY} with max_epochs -1)."
     )
     return parser
 
@@ -194,7 +195,7 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     every = config.check_val_every_n_epoch
     if every is not None and every < AUTO_VALIDATION:  # Lightning would divide by it mid-fit
         raise UsageError(
-            f"--check_val_every_n_epoch must be a positive integer, {AUTO_VALIDATION} (at least ten validations a run) "
+            f"--check_val_every_n_epoch must be a positive integer, {AUTO_VALIDATION} (a power of ten by max_epochs) "
             f"or null (validate by steps), got {every}"
         )
     if config.mlp != parser.get_defaults().mlp and not any(issubclass(c, MLP) for _, c in models):
