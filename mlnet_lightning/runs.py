@@ -212,7 +212,8 @@ def train_one(
     elif logger is not False:
         logger = users_loggers(logger, runs_dir)
     try:
-        trainer = L.Trainer(**{k: made(v) for k, v in trainer_options.items()}, logger=logger, callbacks=callbacks)
+        options = {name: instantiated(value) for name, value in trainer_options.items()}
+        trainer = L.Trainer(**options, logger=logger, callbacks=callbacks)
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
     if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (os.cpu_count() or 1):
@@ -247,14 +248,14 @@ def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
     """Objects of the classes an option names (`--callbacks`, `--logger`): one, several or none."""
     if classes is None:
         return []
-    return [made(c) for c in (classes if isinstance(classes, list) else [classes])]
+    return [instantiated(c) for c in (classes if isinstance(classes, list) else [classes])]
 
 
-def made(option: Any) -> Any:
+def instantiated(option: Any) -> Any:
     """A Trainer option as the Trainer takes it: a class named with its arguments (`--profiler SimpleProfiler
     --profiler.dirpath prof`, `--plugins ...`) made into its object; names and numbers as they are."""
     if isinstance(option, list):
-        return [made(item) for item in option]
+        return [instantiated(item) for item in option]
     if isinstance(option, Namespace) and "class_path" in option:
         return instantiate_class((), option.as_dict())
     return option
