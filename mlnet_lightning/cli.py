@@ -151,8 +151,8 @@ def build_parser() -> LightningArgumentParser:
     validation = next(action for action in parser._actions if action.dest == "check_val_every_n_epoch")
     validation.help += (
         f" Here the default, {AUTO_VALIDATION}, validates every 1, 10, 100, ... epochs: the largest power of ten "
-        f"that leaves ten validations in max_epochs (every epoch below 100 epochs, every 1000 for 10,000; "
-        f"{UNBOUNDED_VALIDATION_EVERY} with max_epochs -1)."
+        f"that leaves ten validations in max_epochs, or in max_steps if fewer (every epoch below 100 epochs, "
+        f"every 1000 for 10,000; {UNBOUNDED_VALIDATION_EVERY} with neither bounded)."
     )
     return parser
 

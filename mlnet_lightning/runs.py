@@ -42,22 +42,24 @@ from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.seeds import StackedCopies, check_memory
 
 TRAINER_OPTIONS = set(inspect.signature(L.Trainer).parameters)
-# --check_val_every_n_epoch's default: 0, which Lightning would divide by, stands for validation_every(max_epochs).
+# --check_val_every_n_epoch's default: 0, which Lightning would divide by, stands for validation_every().
 AUTO_VALIDATION = 0
 UNBOUNDED_VALIDATION_EVERY = 1000
 
 
-def validation_every(max_epochs: int | None) -> int:
-    """The default validation cadence: the largest power of ten that leaves at least ten validations (1,000
-    for the tutorial's 10,000 epochs). Each validation is an epoch that Lightning runs with all its hooks,
-    logging and checkpoint checks (4.7-6 ms here against 0.4 ms of the tutorial's arithmetic): a fixed 100
-    cost a 10,000-epoch run 10-14% (docs/benchmarks.md), and a fixed 1,000 would leave shorter runs with no
-    validation and no checkpoint. A power of ten stays the same when a resumed run's max_epochs changes within
-    its decade (1,500 then 3,000: every 100)."""
-    if max_epochs is None or max_epochs < 0:
+def validation_every(max_epochs: int | None, max_steps: int = -1) -> int:
+    """The default validation cadence: the largest power of ten that leaves ten validations in the run (1,000
+    for the tutorial's 10,000 epochs; an epoch takes a step at least, so `max_steps` bounds the run too).
+    Each validation is an epoch that Lightning runs with all its hooks, logging and checkpoint checks
+    (4.7-6 ms here against 0.4 ms of the tutorial's arithmetic): a fixed 100 cost a 10,000-epoch run 10-14%
+    (docs/benchmarks.md), and a fixed 1,000 would leave shorter runs with no validation and no checkpoint.
+    A power of ten stays the same when a resumed run's length changes within its decade (1,500 then 3,000
+    epochs: every 100)."""
+    bounds = [limit for limit in (max_epochs, max_steps) if limit is not None and limit >= 0]
+    if not bounds:
         return UNBOUNDED_VALIDATION_EVERY
     every = 1
-    while every * 100 <= max_epochs:
+    while every * 100 <= min(bounds):
         every *= 10
     return every
 
@@ -172,7 +174,7 @@ def train_one(
         model.fast_path = False
     trainer_options = {k: v for k, v in config.items(branches=True) if k in TRAINER_OPTIONS}
     if trainer_options["check_val_every_n_epoch"] == AUTO_VALIDATION:
-        trainer_options["check_val_every_n_epoch"] = validation_every(config.max_epochs)
+        trainer_options["check_val_every_n_epoch"] = validation_every(config.max_epochs, config.max_steps)
     runs_dir = Path(trainer_options["default_root_dir"]) / (run_name or name)
     resume = plan_resume(config.ckpt_path, runs_dir, model, data, config.max_epochs) if config.ckpt_path else None
     if config.ckpt_path and resume is None:

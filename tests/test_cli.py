@@ -5,6 +5,7 @@ import textwrap
 
 import yaml
 
+from mlnet_lightning.runs import validation_every
 from tests.conftest import run_script, train
 
 
@@ -118,3 +119,10 @@ def test_a_trainer_option_given_as_a_class_with_arguments_is_made(tmp_path):
     summary = train(tmp_path, "--model", "linear", "--max_epochs", "20", "--pictures", "false", *profiler)
     assert summary["linear"]["epochs"] == 20
     assert "run_training_epoch" in (tmp_path / "prof" / "fit-p.txt").read_text()
+
+
+def test_the_default_validation_cadence_follows_the_runs_length():
+    lengths = {(10_000, -1): 1000, (9_999, -1): 100, (99, -1): 1, (100, -1): 10, (1, -1): 1, (0, -1): 1}
+    lengths |= {(10_000, 500): 10, (-1, 3_000): 100, (-1, -1): 1000, (None, -1): 1000, (300, 100_000): 10}
+    for (max_epochs, max_steps), every in lengths.items():
+        assert validation_every(max_epochs, max_steps) == every, (max_epochs, max_steps)
