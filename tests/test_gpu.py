@@ -17,7 +17,16 @@ import torch
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import MODELS, Sequential
 from tests.conftest import ONE_THREAD_ENV, ROOT, train
-from tests.test_replay import REPLAYED, assert_same_fit, fallback_warnings, fit, replayer_of, stacked_copies
+from tests.test_replay import (
+    REPLAYED,
+    Alternating,
+    Syncing,
+    assert_same_fit,
+    fallback_warnings,
+    fit,
+    replayer_of,
+    stacked_copies,
+)
 
 ACCELERATOR = "gpu"
 on_gpu = partial(fit, accelerator=ACCELERATOR)
@@ -43,26 +52,6 @@ def test_replayed_epochs_equal_eager_epochs(network):
     replayer = replayer_of(replayed[1])
     assert not replayer.failed and replayer.replayed == REPLAYED
     assert_same_fit(replayed, on_gpu(network(), replayed=False), atol=1e-6)
-
-
-class Syncing(Sequential):
-    """Data-dependent Python in forward: a test of a value on the GPU waits for it, which no capture holds."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = super().forward(x)
-        if output.isnan().any():
-            raise ArithmeticError("NaN output")
-        return output
-
-
-class Alternating(Sequential):
-    """Python state in forward: a graph replays the branch its capture took, every epoch."""
-
-    calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return super().forward(x) * (1.0 if self.calls % 2 else 0.5)
 
 
 def fit_warned(model) -> tuple[tuple, list[str]]:

@@ -5,7 +5,9 @@ leaves the run with exactly the numbers of a run without replay, and one warning
 
 from __future__ import annotations
 
+import re
 import warnings
+import weakref
 from functools import partial
 from itertools import count
 
@@ -18,6 +20,7 @@ from mlnet_lightning.baseline import fit_tutorial
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.fastpath import replay
 from mlnet_lightning.fastpath.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
+from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import descend
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Sequential
 from mlnet_lightning.seeds import StackedCopies
@@ -242,3 +245,113 @@ def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, st
         assert torch.equal(loss, eager_loss) and torch.equal(output, eager_output)
     for param, eager_param in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(param, eager_param)
+
+
+# ---- The CPU's own capture: a tape of the epoch's operations (mlnet_lightning.fastpath.tape), no stand-in ----
+
+
+class Syncing(Sequential):
+    """Data-dependent Python in forward: a GPU capture cannot wait for the value, a tape cannot hold the decision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = super().forward(x)
+        if output.isnan().any():
+            raise ArithmeticError("NaN output")
+        return output
+
+
+class Alternating(Sequential):
+    """Python state in forward: a capture replays the branch it took, every epoch."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x) * (1.0 if self.calls % 2 else 0.5)
+
+
+class Masked(Sequential):
+    """A boolean mask: the shape of what it selects follows the data."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kept = target >= 0
+        return super().loss(output[kept], target[kept])
+
+
+class Dropping(Sequential):
+    """Random numbers every epoch: a replayed epoch draws the eager epoch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.dropout(x, p=0.3, training=self.training))
+
+
+@pytest.mark.parametrize(
+    "network",
+    [*MODELS.values(), partial(Sequential, logits=True), stacked_copies, sgd_with_momentum, Dropping],
+    ids=[*MODELS, "logits", "seeds", "momentum", "dropout"],
+)
+def test_the_tape_replays_every_network_bit_for_bit(network):
+    torch.manual_seed(7)
+    replayed = fit(network())
+    replayer = replayer_of(replayed[1])
+    assert isinstance(replayer.graph, OpTape) and not replayer.failed and replayer.replayed == REPLAYED
+    torch.manual_seed(7)
+    assert_same_fit(replayed, fit(network(), replayed=False))
+
+
+@pytest.mark.parametrize(
+    ("network", "why"),
+    [
+        (Syncing, "capturing its epoch failed (NotReplayable: its epoch reads a value back to Python (aten."),
+        (Masked, "capturing its epoch failed (NotReplayable: its epoch calls aten.index.Tensor, whose output's shape"),
+    ],
+)
+def test_the_tape_refuses_an_epoch_whose_python_follows_the_data(network, why):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replayed = fit(network())
+    messages = fallback_warnings(caught)
+    assert len(messages) == 1 and messages[0].startswith(f"{network.__name__}: {why}"), messages
+    assert replayer_of(replayed[1]).failed and replayer_of(replayed[1]).replayed == 0
+    assert_same_fit(replayed, fit(network(), replayed=False))
+
+
+def test_a_tape_that_replays_something_else_is_not_trusted():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, trainer, logger = fit(Alternating())
+    messages = fallback_warnings(caught)
+    assert len(messages) == 1 and messages[0].startswith("Alternating: its replayed epochs differ")
+    assert replayer_of(trainer).failed and replayer_of(trainer).replayed == 0
+    # Every epoch trained ran its Python (none replayed); beside them, the capture and three validations.
+    assert model.calls == trainer.global_step + 1 + 3
+
+
+def test_a_tape_keeps_no_tensor_of_the_epoch_alive():
+    """Recording holds only what the epoch did not make (a full batch's activations are gigabytes), and the
+    replayed function frees each tensor it makes after its last use."""
+    weights = torch.randn(4, 4, requires_grad=True)
+    made: list[weakref.ref] = []
+
+    def step() -> None:
+        hidden = torch.randn(64, 4)
+        for _ in range(5):
+            hidden = (hidden @ weights).tanh()
+            made.append(weakref.ref(hidden))
+        hidden.sum().backward()  # frees what autograd saved
+        with torch.no_grad():
+            weights.sub_(weights.grad * 0.1)
+            weights.grad = None
+        still_alive.extend(ref() is not None for ref in made[:-1])  # all but `hidden` itself
+
+    still_alive: list[bool] = []
+    tape = OpTape()
+    tape.capture(step)
+    assert still_alive == [False] * 4
+    before = weights.detach().clone()
+    tape.replay()
+    assert not torch.equal(weights, before)  # it trains
+    lines = tape.source.splitlines()
+    assigned = {name for line in lines if " = " in line for name in re.findall(r"t\d+_\d+", line.split(" = ")[0])}
+    deleted = {name for line in lines if line.strip().startswith("del ") for name in re.findall(r"t\d+_\d+", line)}
+    assert assigned and assigned == deleted

@@ -69,7 +69,7 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     records, rates = [], []
     # The context Lightning's training_step runs in (64-true: float64 as the default dtype).
     with trainer.precision_plugin.train_step_context():
-        replayer = replayed_epochs(module, optimizer, x, y)  # on CUDA: the epochs replayed from one captured graph
+        replayer = replayed_epochs(module, optimizer, x, y)  # the epochs replayed from one captured epoch
         if replayer is not None:
             records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
         else:

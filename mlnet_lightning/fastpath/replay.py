@@ -1,20 +1,23 @@
-"""The fast path's full-batch epochs replayed from one captured CUDA graph.
+"""The fast path's full-batch epochs replayed from one captured epoch: a CUDA graph on a GPU, a tape of
+the epoch's operations on a CPU (`tape.py`).
 
-On a GPU the tutorial's networks are launch-bound: an epoch is some twenty tiny kernels, each costing
-more to launch than to run. Captured once as a CUDA graph, an epoch is one launch. The graph holds
-one epoch, `module.train_epoch(x, y, update)`, writing its record (loss, output) into static buffers
-at an index kept on the device, so that no epoch waits for the host; the bulk's records are read out
-of the buffers afterwards, the very records the eager loop would have given `epoch_points`.
+The tutorial's networks are overhead-bound: an epoch is some seventy tiny operations, each costing
+more to launch (on a GPU) or to wrap in Python and autograd (on a CPU) than to compute. Captured once,
+an epoch is one launch of a CUDA graph, or one call of a function that makes the same operator calls
+without autograd. The capture holds one epoch, `module.train_epoch(x, y, update)`, writing its record
+(loss, output) into static buffers at an index kept on the device, so that no epoch waits for the
+host; the bulk's records are read out of the buffers afterwards, the very records the eager loop
+would have given `epoch_points`.
 
-A graph replays what the capture recorded, not the Python that recorded it: a network whose Python
-decides something from its data or its own state, a learning rate that moves, anything that syncs
-with the host, would replay something else than its eager epoch, or not capture at all. So replay is
-tried only where it can hold (a CUDA device, 32-bit, full batch, one process, a hand update or
-torch.optim.SGD, no scheduler: the fast path's conditions and these), and it is trusted only once
-it has earned it: the first epochs replayed are compared with the same epochs run eagerly from the
-same state. A capture or replay that raises, or a mismatch, leaves the run training eagerly from
-the state it would have had without the attempt, with one `ReplayFallback` warning naming the
-network. `model.replay = False` turns replay off.
+A capture replays what it recorded, not the Python that recorded it: a network whose Python decides
+something from its data or its own state, a learning rate that moves, anything that syncs with the
+host, would replay something else than its eager epoch, or not capture at all. So replay is tried
+only where it can hold (32-bit, full batch, one process, a hand update or torch.optim.SGD, no
+scheduler: the fast path's conditions and these), and it is trusted only once it has earned it: the
+first epochs replayed are compared with the same epochs run eagerly from the same state. A capture or
+replay that raises, or a mismatch, leaves the run training eagerly from the state it would have had
+without the attempt, with one `ReplayFallback` warning naming the network. `model.replay = False`
+turns replay off.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import has_step_hooks
 
 WARMUP_EPOCHS = 3  # eager epochs before the capture, as CUDA graphs want (lazy initialisations, on a side stream)
@@ -44,7 +48,7 @@ BUFFER_BYTES = 256 * 2**20
 
 
 class ReplayFallback(UserWarning):
-    """Epochs could not be replayed from a CUDA graph (or did not replay the eager epoch): the run
+    """Epochs could not be replayed from a captured epoch (or did not replay the eager epoch): the run
     trains eagerly from where it was, with the same numbers, only slower."""
 
 
@@ -100,7 +104,7 @@ class EagerGraph:
 
 
 # The graph to capture an epoch in, by device type; epochs replay on these devices only.
-GRAPHS: dict[str, Callable[[], EpochGraph]] = {"cuda": CudaGraph}
+GRAPHS: dict[str, Callable[[], EpochGraph]] = {"cuda": CudaGraph, "cpu": OpTape}
 
 
 def replayed_epochs(
@@ -188,7 +192,9 @@ class ReplayedEpochs:
         if len(records) < WARMUP_EPOCHS:
             return
         capture = partial(self._capture, graph, epoch, x.device, records[-1])
-        if self._attempt("capturing its epoch", capture, TrainingState(module, optimizer)):
+        before = TrainingState(module, optimizer)
+        if self._attempt("capturing its epoch", capture, before):
+            before.restore()  # a tape records by training the epoch; the checked epochs start where it started
             records += self._check(epoch, module, optimizer, stopping)
             self.captured_for = graph_key(module, optimizer, x, y)
 
@@ -272,7 +278,7 @@ class ReplayedEpochs:
         self.failed = True
         self.graph, self.buffers = None, []  # free the graph's memory
         warnings.warn(
-            f"{self.network}: {why}; it trains without CUDA graph replay from here on (same numbers, slower)",
+            f"{self.network}: {why}; it trains without replayed epochs from here on (same numbers, slower)",
             ReplayFallback,
             stacklevel=2,
         )
@@ -280,10 +286,12 @@ class ReplayedEpochs:
 
 class TrainingState:
     """What an epoch may change, kept aside to be put back: the module's parameters and buffers, their
-    gradients and the optimizer's state. Values are put back in place, where a captured graph reads them."""
+    gradients, the optimizer's state and the CPU's random numbers (dropout draws the same ones again).
+    Values are put back in place, where a captured graph reads them."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self.random = torch.get_rng_state()
         tensors = [*module.parameters(), *module.buffers()]
         self.grads = [(tensor, tensor.grad) for tensor in tensors]
         self.optimizer_state = {key: dict(entry) for key, entry in optimizer.state.items()}
@@ -294,6 +302,7 @@ class TrainingState:
 
     @torch.no_grad()
     def restore(self) -> None:
+        torch.set_rng_state(self.random)
         for tensor, grad in self.grads:
             tensor.grad = grad
         self.optimizer.state.clear()
