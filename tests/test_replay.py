@@ -223,17 +223,19 @@ def test_mini_batches_train_eagerly(monkeypatch):
     assert replayer_of(trainer) is None and trainer.global_step == 5 * 8
 
 
+@pytest.mark.parametrize("graph", [EagerGraph, OpTape])
 @pytest.mark.parametrize("stop_after", [2, WARMUP_EPOCHS + 1, 50])
-def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, stop_after):
+def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, stop_after, graph):
     """Stopped in the warm-up, in the check (too few epochs compared: the next bulk captures anew) or in the
-    replays (records read out of 16-epoch buffers); then a second bulk: the same epochs as the eager loop."""
+    replays (records read out of 16-epoch buffers, or returned by a tape); then a second bulk: the same
+    epochs as the eager loop."""
     monkeypatch.setattr(replay, "CAPACITY", 16)
     data = BlobData()
     x, y = data.x_train, data.y_train
     models = [Sequential(), Sequential()]
     optimizers = [torch.optim.SGD(model.parameters(), lr=0.2) for model in models]
     updates = [partial(descend, optimizer) for optimizer in optimizers]
-    replayer = ReplayedEpochs(EagerGraph, "Sequential")
+    replayer = ReplayedEpochs(graph, "Sequential")
     calls = count()
     records = replayer.train(models[0], optimizers[0], x, y, updates[0], 100, lambda: next(calls) >= stop_after)
     assert len(records) == stop_after

@@ -5,9 +5,11 @@ around it (hooks, logging, progress) costs more than that. So at the start of an
 that supports it trains the epochs before the next one that anything could observe: a validation, a
 checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
 have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
-then Lightning's own. Anything this cannot vouch for (an unknown callback with epoch or batch hooks,
-mini-batches, gradient clipping or accumulation, mixed precision, a strategy other than one device, a
-profiler, an overridden step or batch hook) makes it step aside: Lightning trains every epoch itself.
+then Lightning's own. The bulk's epochs are replayed from one captured epoch where that holds
+(`replay`: a CUDA graph on a GPU, `tape`: the epoch's operators on a CPU). Anything this cannot vouch
+for (an unknown callback with epoch or batch hooks, mini-batches, gradient clipping or accumulation,
+mixed precision, a strategy other than one device, a profiler, an overridden step or batch hook) makes
+it step aside: Lightning trains every epoch itself.
 
 A module supports the fast path by defining, beside its ordinary Lightning steps:
 - `train_epoch(x, y, update)`: one epoch on the full batch, stepping with `update()`; returns a record

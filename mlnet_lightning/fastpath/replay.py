@@ -53,17 +53,22 @@ class ReplayFallback(UserWarning):
 
 
 class EpochGraph(Protocol):
-    """One epoch, captured once and replayed."""
+    """One epoch, captured once and replayed. A graph that `returns_record` gives each replay's record
+    as new tensors (a tape); otherwise the captured step writes it into buffers on the device."""
+
+    returns_record: bool
 
     def warming_up(self) -> AbstractContextManager: ...
 
-    def capture(self, step: Callable[[], None]) -> None: ...
+    def capture(self, step: Callable[[], Any]) -> None: ...
 
-    def replay(self) -> None: ...
+    def replay(self) -> Any: ...
 
 
 class CudaGraph:
     """A CUDA graph of the epoch."""
+
+    returns_record = False  # its outputs live in the graph's memory, overwritten by the next replay
 
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
@@ -95,6 +100,7 @@ class EagerGraph:
     which is how it is tested without a GPU."""
 
     warming_up = staticmethod(nullcontext)
+    returns_record = False
 
     def capture(self, step: Callable[[], None]) -> None:
         self.step = step  # a capture records; it does not run
@@ -199,11 +205,16 @@ class ReplayedEpochs:
             self.captured_for = graph_key(module, optimizer, x, y)
 
     def _capture(self, graph: EpochGraph, epoch: Callable[[], Any], device: torch.device, record: Any) -> None:
-        """Capture one epoch writing its record at the device-side index (nothing runs yet)."""
+        """Capture one epoch writing its record at the device-side index (nothing runs yet), or returning
+        it, for a graph that returns records."""
         self.single = isinstance(record, Tensor)
         values = [record] if self.single else list(record)
         if not values or not all(isinstance(value, Tensor) for value in values):
             raise TypeError("train_epoch returns something else than tensors")
+        if graph.returns_record:
+            graph.capture(epoch)
+            self.graph = graph
+            return
         per_epoch = sum(value.numel() * value.element_size() for value in values)
         capacity = max(1, min(CAPACITY, BUFFER_BYTES // max(per_epoch, 1)))
         self.buffers = [value.new_empty((capacity, *value.shape)) for value in values]
@@ -241,6 +252,12 @@ class ReplayedEpochs:
 
     def _replay(self, epochs: int, stopping: Callable[[], bool], records: list) -> None:
         """Replay up to `epochs` epochs, appending their records; the buffers are read out each time they fill."""
+        if self.graph.returns_record:
+            for _ in range(epochs):
+                if stopping():
+                    break
+                records.append(self.graph.replay())
+            return
         capacity = len(self.buffers[0])
         filled = 0
         self.index.zero_()

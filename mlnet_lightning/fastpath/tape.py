@@ -47,19 +47,22 @@ class OpTape:
     """One epoch's operations, recorded by running the epoch once, replayed by a generated function."""
 
     warming_up = staticmethod(nullcontext)
+    returns_record = True  # each replay makes new tensors, as the eager epoch does
 
-    def capture(self, step: Callable[[], None]) -> None:
+    def capture(self, step: Callable[[], Any]) -> None:
         """Record `step` by running it (unlike a CUDA capture, this trains an epoch: the caller puts the
         state back)."""
         recorder = Recorder()
         with recorder:
-            step()
-        self.source, self.run, self.constants = recorder.function()
-
-    def replay(self) -> None:
+            result = step()
+        self.source, self.run, self.constants = recorder.function(result)
         # The recorded operations include the backward pass: autograd must not record them again.
-        with torch.no_grad():
-            self.run(self.constants)
+        self.no_grad = torch.no_grad()  # one, entered every replay: making it costs a microsecond or two
+
+    def replay(self) -> Any:
+        """One epoch again; returns what the recorded step returned, made anew."""
+        with self.no_grad:
+            return self.run(self.constants)
 
 
 class Line(NamedTuple):
@@ -141,12 +144,12 @@ class Recorder(TorchDispatchMode):
             self.constants.append(value)
         return f"c[{self.constant_index[id(value)]}]"
 
-    def function(self) -> tuple[str, Callable[[list], None], list]:
-        """The recorded epoch as `run(constants)`, with its source and constants. Views nobody reads are
-        dropped; each variable is freed after its last use, as autograd frees what it saved (a 1M-point
-        batch's activations are gigabytes)."""
+    def function(self, result: Any) -> tuple[str, Callable[[list], Any], list]:
+        """The recorded epoch as `run(constants)` returning `result`, with its source and constants. Views
+        nobody reads are dropped; each variable is freed after its last use, as autograd frees what it
+        saved (a 1M-point batch's activations are gigabytes)."""
         later_reads: set[str] = set()
-        body: list[str] = []
+        body = [f"    return {self.source(result, later_reads)}"]
         for line in reversed(self.lines):
             if line.makes and line.droppable and not later_reads.intersection(line.makes):
                 continue
@@ -154,7 +157,7 @@ class Recorder(TorchDispatchMode):
             body += [f"    del {', '.join(freed)}"] if freed else []
             body.append(f"    {line.code}")
             later_reads |= line.reads
-        source = "def run(c):\n" + "\n".join(reversed(body or ["    pass"])) + "\n"
+        source = "def run(c):\n" + "\n".join(reversed(body)) + "\n"
         self.watched.clear()  # the tensors still alive are no longer watched
         namespace = dict(self.operators)
         exec(compile(source, "<epoch tape>", "exec"), namespace)  # noqa: S102 (code generated from the recorded calls)
