@@ -6,6 +6,8 @@ leaves the run with exactly the numbers of a run without replay, and one warning
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 import weakref
 from functools import partial
@@ -24,6 +26,7 @@ from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import descend
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Sequential
 from mlnet_lightning.seeds import StackedCopies
+from tests.conftest import ONE_THREAD_ENV, ROOT
 
 EPOCHS = 300  # three bulks of 99 epochs, each followed by a validation epoch that Lightning runs itself
 REPLAYED = EPOCHS - 3 - WARMUP_EPOCHS - CHECKED_EPOCHS  # the rest of the bulks' epochs replay
@@ -357,3 +360,14 @@ def test_a_tape_keeps_no_tensor_of_the_epoch_alive():
     assigned = {name for line in lines if " = " in line for name in re.findall(r"t\d+_\d+", line.split(" = ")[0])}
     deleted = {name for line in lines if line.strip().startswith("del ") for name in re.findall(r"t\d+_\d+", line)}
     assert assigned and assigned == deleted
+
+
+def test_the_replay_benchmark_checks_and_times_every_network():
+    """scripts/benchmark_replay.py, as docs/benchmarks.md runs it (fewer epochs): it asserts each network's
+    replayed epochs bitwise equal to eager ones before timing them."""
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark_replay.py"), "--epochs", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == list(MODELS)
+    assert all(float(eager) > 0 and float(replayed) > 0 for _, eager, replayed, _ in rows)
