@@ -16,6 +16,7 @@ from itertools import count
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
 from mlnet_lightning.baseline import fit_tutorial
@@ -371,3 +372,25 @@ def test_the_replay_benchmark_checks_and_times_every_network():
     rows = [line.split() for line in done.stdout.splitlines()[1:]]
     assert [row[0] for row in rows] == list(MODELS)
     assert all(float(eager) > 0 and float(replayed) > 0 for _, eager, replayed, _ in rows)
+
+
+class FreezeFirstLayer(Callback):
+    """At the end of epoch 149, freezes the first layer and puts the network in eval mode (what a user's
+    fine-tuning callback may do); it says when it looks, so the fast path trains the other epochs."""
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        return 149 if epoch <= 149 else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 149:
+            pl_module.net[0].requires_grad_(False)
+            pl_module.net.eval()
+
+
+def test_a_layer_frozen_between_bulks_is_captured_again():
+    torch.manual_seed(7)
+    replayed = fit(Dropping(), callbacks=[FreezeFirstLayer()])
+    replayer = replayer_of(replayed[1])
+    assert not replayer.failed and replayer.replayed > 100  # the fit's second capture, after the freeze
+    torch.manual_seed(7)
+    assert_same_fit(replayed, fit(Dropping(), replayed=False, callbacks=[FreezeFirstLayer()]))

@@ -330,7 +330,8 @@ class TrainingState:
 
 def graph_key(module: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> tuple:
     """What a captured graph depends on beyond the tensors' values: their memory, whether gradients
-    exist, and the optimizer's settings (a learning rate set between bulks needs a new capture)."""
+    exist, which tensors are trained, the modules' training modes and the optimizer's settings (a learning
+    rate set, a layer frozen or put in eval mode between bulks needs a new capture)."""
     tensors = [*module.parameters(), *module.buffers()]
     settings = [sorted((k, repr(v)) for k, v in group.items() if k != "params") for group in optimizer.param_groups]
     return (
@@ -338,6 +339,8 @@ def graph_key(module: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tens
         y.data_ptr(),
         tuple(t.data_ptr() for t in tensors),
         tuple(None if t.grad is None else t.grad.data_ptr() for t in tensors),
+        tuple(t.requires_grad for t in tensors),
+        tuple(m.training for m in module.modules()),
         repr(settings),
     )
 
