@@ -6,12 +6,17 @@ the work around each: Python, building autograd's graph, running its engine. The
 epoch once, below autograd (where the backward pass shows as the operations it runs), and replays it
 as one generated Python function that calls the same operators, in the same order, on the same
 tensors: the same kernels on the same inputs, so the same numbers bit for bit, in about three quarters
-of the time (measured, `scratch`: 250 against 340 us an epoch).
+of the time (`scripts/benchmark_replay.py`, `scratch`: 250 against 346 us an epoch).
 
 A tape replays the operations, not the Python that chose them. Recording refuses what Python could
 decide differently next time: an epoch that reads a value back (`.item()`, `if tensor.any():`) or
-whose shapes depend on the data. Python state of its own (a counter in `forward`) is for the replayer's
-comparison with eager epochs to catch, as with a CUDA graph.
+whose shapes depend on the data. Python state of its own (a counter in `forward`) is caught by the
+replayer's comparison with eager epochs only if it shows within the compared epochs, as with a CUDA
+graph: such a network sets `replay = False`.
+
+Two names come from torch's internals: `TorchDispatchMode` (the documented way to see operators below
+autograd, kept in `torch.utils._python_dispatch`) and `OpOverload._op`. tests/test_replay.py pins both
+against the installed torch: without them every capture falls back, and its tests fail.
 """
 
 from __future__ import annotations
