@@ -4,10 +4,11 @@ the epoch's operations on a CPU (`tape.py`).
 The tutorial's networks are overhead-bound: an epoch is some seventy tiny operations, each costing
 more to launch (on a GPU) or to wrap in Python and autograd (on a CPU) than to compute. Captured once,
 an epoch is one launch of a CUDA graph, or one call of a function that makes the same operator calls
-without autograd. The capture holds one epoch, `module.train_epoch(x, y, update)`, writing its record
-(loss, output) into static buffers at an index kept on the device, so that no epoch waits for the
-host; the bulk's records are read out of the buffers afterwards, the very records the eager loop
-would have given `epoch_points`.
+without autograd. The capture holds one epoch, `module.train_epoch(x, y, update)`. A CUDA graph writes
+its record (loss, output) into static buffers at an index kept on the device, so that no epoch waits
+for the host, and the bulk's records are read out of the buffers afterwards; a tape returns each
+replay's record as new tensors. Either way they are the very records the eager loop would have given
+`epoch_points`.
 
 A capture replays what it recorded, not the Python that recorded it: a network whose Python decides
 something from its data or its own state, a learning rate that moves, anything that syncs with the
