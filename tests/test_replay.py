@@ -394,3 +394,31 @@ def test_a_layer_frozen_between_bulks_is_captured_again():
     assert not replayer.failed and replayer.replayed > 100  # the fit's second capture, after the freeze
     torch.manual_seed(7)
     assert_same_fit(replayed, fit(Dropping(), replayed=False, callbacks=[FreezeFirstLayer()]))
+
+
+def count_forward_calls(model: Sequential) -> list[int]:
+    calls: list[int] = []
+    model.net[0].register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def count_gradients(model: Sequential) -> list[int]:
+    calls: list[int] = []
+    model.net[0].weight.register_hook(lambda grad: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize(("watch", "calls_per_fit"), [(count_forward_calls, EPOCHS + 3), (count_gradients, EPOCHS)])
+def test_python_hooks_see_every_epoch(watch, calls_per_fit):
+    """A replay runs no Python: a module or tensor hook keeps every epoch eager (the forward hook also sees
+    the three validations)."""
+    model = Sequential()
+    calls = watch(model)
+    _, trainer, _ = fit(model)
+    assert replayer_of(trainer) is None and len(calls) == calls_per_fit
+
+
+def test_anomaly_detection_checks_every_backward():
+    replayed = fit(Sequential(), detect_anomaly=True)
+    assert replayer_of(replayed[1]) is None
+    assert_same_fit(replayed, fit(Sequential(), replayed=False))
