@@ -25,7 +25,7 @@ from mlnet_lightning.fastpath import replay
 from mlnet_lightning.fastpath.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
 from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import descend
-from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Sequential
+from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Scratch, Sequential
 from mlnet_lightning.seeds import StackedCopies
 from tests.conftest import ONE_THREAD_ENV, ROOT
 
@@ -422,3 +422,25 @@ def test_anomaly_detection_checks_every_backward():
     replayed = fit(Sequential(), detect_anomaly=True)
     assert replayer_of(replayed[1]) is None
     assert_same_fit(replayed, fit(Sequential(), replayed=False))
+
+
+class Decaying(Scratch):
+    """A learning rate kept in Python and decayed in the hand update: a replay holds the captured one."""
+
+    steps = 0
+
+    def update(self) -> None:
+        self.steps += 1
+        self.hparams.lr = 0.2 * 0.999999**self.steps
+        super().update()
+
+
+def test_a_tape_must_equal_eager_epochs_bit_for_bit():
+    """A learning rate 0.0003 smaller after three epochs moves the parameters by less than a float tolerance
+    would notice; the tape, running the very same kernels, is held to exact equality."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replayed = fit(Decaying())
+    messages = fallback_warnings(caught)
+    assert len(messages) == 1 and messages[0].startswith("Decaying: its replayed epochs differ"), messages
+    assert replayer_of(replayed[1]).failed and replayer_of(replayed[1]).replayed == 0

@@ -40,8 +40,10 @@ from mlnet_lightning.fastpath.updates import has_step_hooks
 
 WARMUP_EPOCHS = 3  # eager epochs before the capture, as CUDA graphs want (lazy initialisations, on a side stream)
 CHECKED_EPOCHS = 3  # replayed epochs compared with eager ones before the graph is trusted
-# Float tolerance of that comparison: the graph launches the eager epoch's own kernels, so the numbers
-# agree to the last bits; a graph that replays something else is off by far more.
+# Float tolerance of that comparison for a CUDA graph: it launches the eager epoch's own kernels, so the
+# numbers agree to the last bits; a graph that replays something else is off by far more. A graph that is
+# `exact` (a tape: the very same CPU kernels) must agree bit for bit, which also catches a learning rate
+# kept in Python that moves by 1e-6 an epoch.
 RTOL, ATOL = 1e-5, 1e-6
 # Epochs of records the static buffers hold (fewer where that passes BUFFER_BYTES); longer bulks are read
 # out of them in parts.
@@ -56,9 +58,11 @@ class ReplayFallback(UserWarning):
 
 class EpochGraph(Protocol):
     """One epoch, captured once and replayed. A graph that `returns_record` gives each replay's record
-    as new tensors (a tape); otherwise the captured step writes it into buffers on the device."""
+    as new tensors (a tape); otherwise the captured step writes it into buffers on the device. One that
+    is `exact` is checked against eager epochs bit for bit, else within float tolerance."""
 
     returns_record: bool
+    exact: bool
 
     def warming_up(self) -> AbstractContextManager: ...
 
@@ -71,6 +75,7 @@ class CudaGraph:
     """A CUDA graph of the epoch."""
 
     returns_record = False  # its outputs live in the graph's memory, overwritten by the next replay
+    exact = False
 
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
@@ -102,7 +107,7 @@ class EagerGraph:
     which is how it is tested without a GPU."""
 
     warming_up = staticmethod(nullcontext)
-    returns_record = False
+    returns_record = exact = False
 
     def capture(self, step: Callable[[], None]) -> None:
         self.step = step  # a capture records; it does not run
@@ -258,7 +263,7 @@ class ReplayedEpochs:
         eager = [epoch() for _ in replayed]
         after_eager = TrainingState(module, optimizer)
         difference = largest_difference(
-            [*flatten(replayed), *after_replay.values], [*flatten(eager), *after_eager.values]
+            [*flatten(replayed), *after_replay.values], [*flatten(eager), *after_eager.values], self.graph.exact
         )
         if difference is not None:
             self._fall_back(f"its replayed epochs differ from its eager epochs by up to {difference:.3g}")
@@ -373,16 +378,17 @@ def flatten(records: list) -> list[Tensor]:
     return [value for record in records for value in ([record] if isinstance(record, Tensor) else record)]
 
 
-def largest_difference(replayed: Sequence[Tensor], eager: Sequence[Tensor]) -> float | None:
-    """None where the two lists of tensors agree within float tolerance (NaN matching NaN), else their
-    largest difference (inf for different shapes or counts)."""
+def largest_difference(replayed: Sequence[Tensor], eager: Sequence[Tensor], exact: bool = False) -> float | None:
+    """None where the two lists of tensors agree (NaN matching NaN) within float tolerance, or exactly, else
+    their largest difference (inf for different shapes or counts)."""
+    rtol, atol = (0.0, 0.0) if exact else (RTOL, ATOL)
     if len(replayed) != len(eager):
         return math.inf
     worst = None
     for a, b in zip(replayed, eager):
         if a.shape != b.shape or a.dtype != b.dtype:
             return math.inf
-        if not torch.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True):
+        if not torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
             gap = (a.double() - b.double()).abs().nan_to_num(math.inf).max().item()
             worst = gap if worst is None else max(worst, gap)
     return worst

@@ -53,6 +53,7 @@ class OpTape:
 
     warming_up = staticmethod(nullcontext)
     returns_record = True  # each replay makes new tensors, as the eager epoch does
+    exact = True  # the very same kernels on the same inputs: checked bit for bit
 
     def capture(self, step: Callable[[], Any]) -> None:
         """Record `step` by running it (unlike a CUDA capture, this trains an epoch: the caller puts the
