@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.fastpath.lightning_internals import checkpoint_every_n_epochs, checks_every_train_epoch
 from mlnet_lightning.models import Scratch, Sequential
+from tests.test_lightning_native import counting_bulk_epochs
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 STEP_LR = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 7, "gamma": 0.5}}
@@ -55,17 +56,14 @@ class LoopStates(Callback):
 
 
 def loop_states(make_model, fast_path: bool) -> tuple[list[tuple], int]:
-    """The states LoopStates records, and how many epochs the fast path trained in bulk (those without a
-    training_step of Lightning's)."""
+    """The states LoopStates records, and how many epochs the fast path trained in bulk."""
     model = make_model()
     model.fast_path = fast_path
-    own_steps = []
-    training_step = model.training_step
-    model.training_step = lambda *args: own_steps.append(1) or training_step(*args)
+    bulk = counting_bulk_epochs(model)
     states = LoopStates()
     trainer = L.Trainer(accelerator="cpu", max_epochs=64, check_val_every_n_epoch=25, callbacks=[states], **QUIET)
     trainer.fit(model, BlobData())
-    return states.states, trainer.current_epoch - len(own_steps)
+    return states.states, sum(bulk)
 
 
 @pytest.mark.parametrize(
