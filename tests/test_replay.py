@@ -444,3 +444,20 @@ def test_a_tape_must_equal_eager_epochs_bit_for_bit():
     messages = fallback_warnings(caught)
     assert len(messages) == 1 and messages[0].startswith("Decaying: its replayed epochs differ"), messages
     assert replayer_of(replayed[1]).failed and replayer_of(replayed[1]).replayed == 0
+
+
+class ResetMomentum(Callback):
+    """At the end of epoch 149, forgets the optimizer's momentum (SGD then starts a new buffer)."""
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        return 149 if epoch <= 149 else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 149:
+            trainer.optimizers[0].state.clear()
+
+
+def test_an_optimizer_state_reset_between_bulks_is_captured_again():
+    replayed = fit(sgd_with_momentum(), callbacks=[ResetMomentum()])
+    assert not replayer_of(replayed[1]).failed and replayer_of(replayed[1]).replayed > 100
+    assert_same_fit(replayed, fit(sgd_with_momentum(), replayed=False, callbacks=[ResetMomentum()]))

@@ -334,7 +334,7 @@ class TrainingState:
         self.grads = [(tensor, tensor.grad) for tensor in tensors]
         self.optimizer_state = {key: dict(entry) for key, entry in optimizer.state.items()}
         grads = [grad for _, grad in self.grads if grad is not None]
-        held = [v for entry in self.optimizer_state.values() for v in entry.values() if isinstance(v, Tensor)]
+        held = held_tensors(self.optimizer_state)
         self.tensors = [*tensors, *grads, *held]
         self.values = [tensor.detach().clone() for tensor in self.tensors]
 
@@ -349,10 +349,16 @@ class TrainingState:
             tensor.copy_(value)
 
 
+def held_tensors(optimizer_state: dict) -> list[Tensor]:
+    """The tensors an optimizer's state holds (momentum buffers, step counts)."""
+    return [value for entry in optimizer_state.values() for value in entry.values() if isinstance(value, Tensor)]
+
+
 def graph_key(module: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> tuple:
     """What a captured graph depends on beyond the tensors' values: their memory, whether gradients
-    exist, which tensors are trained, the modules' training modes and the optimizer's settings (a learning
-    rate set, a layer frozen or put in eval mode between bulks needs a new capture)."""
+    exist, the optimizer's state tensors, which tensors are trained, the modules' training modes and the
+    optimizer's settings (a learning rate set, momentum reset, a layer frozen or put in eval mode between
+    bulks needs a new capture)."""
     tensors = [*module.parameters(), *module.buffers()]
     settings = [sorted((k, repr(v)) for k, v in group.items() if k != "params") for group in optimizer.param_groups]
     return (
@@ -360,6 +366,7 @@ def graph_key(module: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tens
         y.data_ptr(),
         tuple(t.data_ptr() for t in tensors),
         tuple(None if t.grad is None else t.grad.data_ptr() for t in tensors),
+        tuple(t.data_ptr() for t in held_tensors(optimizer.state)),
         tuple(t.requires_grad for t in tensors),
         tuple(m.training for m in module.modules()),
         repr(settings),
