@@ -98,6 +98,7 @@ class StopOnInterrupt(L.Callback):
         self._trainer: L.Trainer | None = None
         self._takes_sigterm = False
         self._first_step = 0  # global_step when training started: a stop before any epoch writes no checkpoint
+        self._in_epoch = False  # between an epoch's first batch and its end
 
     @property
     def requested(self) -> bool:
@@ -133,13 +134,15 @@ class StopOnInterrupt(L.Callback):
                 self._trainer.should_stop = True
 
     def _stops_now(self, signum: int) -> bool:
-        """Whether to stop the fit as soon as asked. In one process, when an epoch is one batch: stopping now
-        is stopping at its end, and the fast path heeds should_stop between the epochs it trains in bulk
-        (mini-batch epochs stop at their end, in on_train_epoch_end). Under several processes, Ctrl-C as
-        ever (every rank gets it from the terminal); SIGTERM is Lightning's to handle."""
+        """Whether to stop the fit as soon as asked. In one process, when an epoch is one batch and it has
+        begun: stopping now is stopping at its end, and the fast path heeds should_stop between the epochs
+        it trains in bulk. Between epochs, no: Lightning would begin the next epoch, end it without its
+        batch and count it, and the checkpoint would claim an epoch it never trained; the request waits
+        for the next epoch's end, as mini-batch epochs do (on_train_epoch_end). Under several processes,
+        Ctrl-C as ever (every rank gets it from the terminal); SIGTERM is Lightning's to handle."""
         if self._trainer.world_size > 1:
             return signum == signal.SIGINT
-        return self._trainer.num_training_batches == 1
+        return self._trainer.num_training_batches == 1 and self._in_epoch
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size == 1 and self._takes_sigterm:
@@ -152,7 +155,13 @@ class StopOnInterrupt(L.Callback):
         """For the fast path: this callback acts at an epoch's end only once a stop is requested."""
         return epoch if self.requested else None
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._in_epoch = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._in_epoch = False
         if self.requested:
             trainer.should_stop = True
 

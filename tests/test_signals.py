@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlnet_lightning.callbacks import StopOnInterrupt
@@ -221,3 +223,25 @@ def test_the_stop_callback_leaves_the_fast_path_alone_until_asked():
     assert stop.next_observed_epoch(None, 5) is None  # else every epoch would be trained by Lightning's loop
     stop.signum = signal.SIGTERM
     assert stop.next_observed_epoch(None, 5) == 5
+
+
+class SigtermAtEpochStart(Callback):
+    """Sends this process SIGTERM as epoch `epoch` starts, before its batch: between two epochs."""
+
+    def __init__(self, epoch: int = 150) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_between_epochs_stops_after_one_whole_epoch(tmp_path):
+    """Asked to stop as an epoch begins, the run trains that epoch whole and checkpoints it (Lightning would
+    end an epoch begun with should_stop set without its batch, yet count it: a checkpoint claiming an
+    epoch it never trained, and a resumed run one epoch behind an uninterrupted one)."""
+    run = ("--model", "linear", "--max_epochs", "400", "--check_val_every_n_epoch", "100")
+    args = [*QUIET, *run, "--callbacks", "tests.test_signals.SigtermAtEpochStart", "--default_root_dir", str(tmp_path)]
+    assert main(args) == 143
+    checkpoint = torch.load(last_checkpoint(tmp_path), weights_only=True)
+    assert checkpoint["epoch"] == checkpoint["global_step"] == 151
