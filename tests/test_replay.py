@@ -1,7 +1,8 @@
-"""Epochs replayed from a captured graph, tested on any device with a stand-in graph that replays by
+"""Epochs replayed from a captured graph. The replay logic is tested with a stand-in graph that replays by
 running the captured step again (mlnet_lightning.fastpath.replay.EagerGraph): the replayed path follows the plain
 loop, and every way a graph can fail (capture, a replay that trains something else, a replay that raises)
-leaves the run with exactly the numbers of a run without replay, and one warning."""
+leaves the run with exactly the numbers of a run without replay, and one warning. Then the CPU's own capture,
+the tape (mlnet_lightning.fastpath.tape): bit for bit, what it refuses, when it captures again."""
 
 from __future__ import annotations
 
