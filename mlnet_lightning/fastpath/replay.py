@@ -104,7 +104,7 @@ class CudaGraph:
 
 class EagerGraph:
     """A stand-in that "replays" by running the captured step again: the replay logic on any device,
-    which is how it is tested without a GPU."""
+    which is how its fallbacks are tested with graphs made to fail."""
 
     warming_up = staticmethod(nullcontext)
     returns_record = exact = False
@@ -226,8 +226,8 @@ class ReplayedEpochs:
             self.captured_for = graph_key(module, optimizer, x, y)
 
     def _capture(self, graph: EpochGraph, epoch: Callable[[], Any], device: torch.device, record: Any) -> None:
-        """Capture one epoch writing its record at the device-side index (nothing runs yet), or returning
-        it, for a graph that returns records."""
+        """Capture one epoch writing its record at the device-side index (a CUDA capture runs nothing yet),
+        or returning it, for a graph that returns records (a tape, which records by running it)."""
         self.single = isinstance(record, Tensor)
         values = [record] if self.single else list(record)
         if not values or not all(isinstance(value, Tensor) for value in values):
