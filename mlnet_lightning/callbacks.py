@@ -12,9 +12,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
+from mlnet_lightning.files import write_text
 from mlnet_lightning.signals import (
     PARENT_ASKS,
     STOP_SIGNALS,
@@ -49,15 +50,22 @@ class EpochProgressBar(ProgressBar):
             self.bar.n = trainer.current_epoch  # a resumed run's bar starts where it stopped
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Under DDP, reading a metric logged with sync_dist reduces it over the processes: every rank must
+        # read it here, at the same point, or rank 0's reduction waits for ranks that have moved on.
+        latest = trainer.callback_metrics
         if self.bar is None:
             return
         shown = ("train/loss", "train/acc", "val/acc")
-        metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k in shown}
+        metrics = {k: f"{float(v):.4f}" for k, v in latest.items() if k in shown}
         self.bar.set_postfix(metrics, refresh=False)
         # Lightning counts the epoch once it has ended; tqdm redraws at most every 0.1 s.
         self.bar.update(trainer.current_epoch + 1 - self.bar.n)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line, so that what is printed next (the table, an error) starts on its own."""
         if self.bar is not None:
             self.bar.refresh()
             self.bar.close()
@@ -78,26 +86,22 @@ class RunInterrupted(Exception):
 
 
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM ends the run cleanly: the current epoch finishes, the fit ends, and
-    `last.ckpt` is written where it ended, so nothing trained is lost and `--ckpt_path last` continues
-    exactly; `signum` then says which signal it was. A second such signal stops at once by raising
-    RunInterrupted, which leaves the previous checkpoint. A --jobs parent's request (PARENT_ASKS) stops
-    the same way but never counts as the second signal.
+    """Ctrl-C (SIGINT) or SIGTERM ends the run cleanly: the current epoch finishes and the fit ends
+    (checkpoints.LatestCheckpoint writes `last.ckpt` there), so nothing trained is lost and `--ckpt_path
+    last` continues exactly; `signum` then says which signal it was. A second such signal stops at once
+    by raising RunInterrupted, which leaves the previous checkpoint (a checkpoint being written is
+    written whole or not at all). A --jobs parent's request (PARENT_ASKS) stops the same way but never
+    counts as the second signal.
 
     Lightning's own SIGTERM handler stops at the end of the current batch (in the middle of an epoch of
     mini-batches) by raising SIGTERMException; in one process this one takes its place once training
     starts. Under several processes Lightning's stays: it stops every rank at the same batch."""
 
     def __init__(self) -> None:
-        self.latest: ModelCheckpoint | None = None
         self.signum: int | None = None
-        self.checkpoint = ""  # written by this callback at the stop
         self._origins: set[str] = set()  # "signal" and "parent": a repeat from one of them stops at once
-        self._saving = False
-        self._again = False
         self._trainer: L.Trainer | None = None
         self._takes_sigterm = False
-        self._first_step = 0  # global_step when training started: a stop before any epoch writes no checkpoint
         self._in_epoch = False  # between an epoch's first batch and its end
 
     @property
@@ -105,11 +109,10 @@ class StopOnInterrupt(L.Callback):
         return self.signum is not None
 
     @contextmanager
-    def listening(self, trainer: L.Trainer, latest: ModelCheckpoint | None = None) -> Iterator[None]:
+    def listening(self, trainer: L.Trainer) -> Iterator[None]:
         """Take the stop signals for the length of a fit, then give them back to their previous handlers
-        (Lightning's teardown after a failed fit reinstalls the handlers it found, this one's included).
-        `latest` writes the run's last.ckpt: the stop's checkpoint replaces it."""
-        self._trainer, self.latest = trainer, latest
+        (Lightning's teardown after a failed fit reinstalls the handlers it found, this one's included)."""
+        self._trainer = trainer
         previous = take_signals(dict.fromkeys(STOP_SIGNALS, self._on_signal))
         self._takes_sigterm = signal.SIGTERM in previous
         try:
@@ -123,9 +126,6 @@ class StopOnInterrupt(L.Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         origin = "parent" if signum == PARENT_ASKS else "signal"
         if origin in self._origins:
-            if self._saving:  # a half-written checkpoint would be lost with the previous one
-                self._again = True
-                return
             raise RunInterrupted(signum=self.signum)
         self._origins.add(origin)
         if self.signum is None:
@@ -149,7 +149,6 @@ class StopOnInterrupt(L.Callback):
             signal.signal(signal.SIGTERM, self._on_signal)  # Lightning installed its own since listening began
         if self.requested:  # asked during set-up: no epoch starts
             trainer.should_stop = True
-        self._first_step = trainer.global_step
 
     def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
         """For the fast path: this callback acts at an epoch's end only once a stop is requested."""
@@ -164,24 +163,6 @@ class StopOnInterrupt(L.Callback):
         self._in_epoch = False
         if self.requested:
             trainer.should_stop = True
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The stop's checkpoint, once Lightning has closed the last epoch (its counters, logs and learning
-        rate schedule): the state a resumed fit starts the next epoch from."""
-        trained = trainer.global_step > self._first_step
-        if not (self.requested and trained and trainer.world_size == 1 and self.latest is not None):
-            return
-        if self.latest not in trainer.callbacks or self.latest.dirpath is None:
-            return
-        path = str(Path(self.latest.dirpath) / f"last{self.latest.FILE_EXTENSION}")
-        self._saving = True
-        try:
-            trainer.save_checkpoint(path)
-        finally:
-            self._saving = False
-        self.checkpoint = path
-        if self._again:
-            raise RunInterrupted(signum=self.signum)
 
 
 class RunSummary(L.Callback):
@@ -222,8 +203,7 @@ class RunSummary(L.Callback):
         interrupted = self.stop is not None and self.stop.requested
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
         if trainer.is_global_zero and log_dir and not interrupted:
-            path = Path(log_dir) / "summary.json"
-            path.write_text(json.dumps(self.summary, indent=2) + "\n")
+            write_text(Path(log_dir) / "summary.json", json.dumps(self.summary, indent=2) + "\n")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.summary = self.collect(trainer, pl_module)

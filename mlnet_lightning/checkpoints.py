@@ -3,22 +3,29 @@ where a resumed run continues."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import inspect
+import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlnet_lightning.fastpath.lightning_internals import epochs_in_checkpoint
+from mlnet_lightning.files import atomic_path, atomic_writer, write_text
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
@@ -43,6 +50,36 @@ class CannotWrite(Exception):
             else ("no checkpoint was written")
         )
         return cls(f"{name}: cannot write {where}: {error.strerror or error}; {advice}")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing whole files (mlnet_lightning.files): Lightning's own goes
+    through a temporary file in TMPDIR, which is copied over the checkpoint in place where TMPDIR is on
+    another filesystem, so a reader or a kill could meet half a checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path, "wb") as file:
+            torch.save(checkpoint, file)
+
+
+class RunConfig(SaveConfigCallback):
+    """The run's config.yaml (SaveConfigCallback's), written whole."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace) -> None:
+        super().__init__(parser, config, overwrite=True, save_to_log_dir=False)
+        self.log_dir = ""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.log_dir = trainer.log_dir or ""  # a broadcast under DDP: every process must ask for it
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        folder = Path(self.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / self.config_filename, self.parser.dump(self.config, skip_none=False))
 
 
 def class_path(obj: object) -> str:
@@ -123,7 +160,64 @@ def load_run(path: str | Path) -> tuple[L.LightningModule, L.LightningDataModule
     return model.eval(), data
 
 
-class BestCheckpoint(ModelCheckpoint):
+class RunFileCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint of the run's own files, whose state a resumed run finds under ModelCheckpoint's
+    key, as in checkpoints written before these classes had names of their own."""
+
+    @property
+    def state_key(self) -> str:
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+
+class LatestCheckpoint(RunFileCheckpoint):
+    """`checkpoints/last.ckpt`: every `every` epochs, and where the fit ends, however it ends (its last
+    epoch, EarlyStopping, max_time, max_steps, Ctrl-C or SIGTERM), so that `--ckpt_path last` continues
+    any run from its very end. (Lightning's save_last rewrites it only where a monitored metric improved.)
+
+    Lightning saves at an epoch's end before it logs that epoch's points, and the resumed run logs from
+    the next epoch on: a last.ckpt in place before the points are on disk would let a kill -9 leave a
+    hole in the curves. The epoch-end save therefore goes to a pending file that becomes last.ckpt once
+    the points are flushed, as the next epoch starts; at the fit's end they already are."""
+
+    PENDING = ".last-pending"
+
+    def __init__(self, every: int) -> None:
+        # It saves once the epoch has ended (after its validation): a checkpoint saved at a validation's
+        # end resumes inside that epoch, whose end then runs and logs a second time.
+        super().__init__(
+            filename=self.PENDING, every_n_epochs=every, save_on_train_epoch_end=True, enable_version_counter=False
+        )
+        self._first_step = 0
+
+    def file(self, name: str = "last") -> Path | None:
+        return Path(self.dirpath) / f"{name}{self.FILE_EXTENSION}" if self.dirpath else None
+
+    def kept(self) -> str:
+        """last.ckpt's path, if the run has one ("" if not)."""
+        path = self.file()
+        return str(path) if path is not None and path.is_file() else ""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._first_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pending = self.file(self.PENDING)
+        if trainer.is_global_zero and pending is not None and pending.is_file():
+            for logger in trainer.loggers:
+                logger.save()
+            os.replace(pending, self.file())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.dirpath is None or trainer.global_step == self._first_step:  # nothing trained: nothing to add
+            return
+        trainer.save_checkpoint(self.file())  # the loggers are flushed first (RunCheckpoint)
+        if trainer.is_global_zero:
+            self.file(self.PENDING).unlink(missing_ok=True)
+
+
+class BestCheckpoint(RunFileCheckpoint):
     """`epoch=N-best.ckpt`, the best by val/acc so far: one file, the one an uninterrupted run keeps, also
     after a resume. A resumed run saves again the bests of the epochs it trains again, over the files of
     the interrupted run rather than beside them (no -v1 copies); at the end of the fit, the best files it
@@ -134,11 +228,6 @@ class BestCheckpoint(ModelCheckpoint):
 
     def __init__(self) -> None:
         super().__init__(monitor="val/acc", mode="max", filename="{epoch}-best", enable_version_counter=False)
-
-    @property
-    def state_key(self) -> str:
-        # A plain ModelCheckpoint's: the checkpoints of earlier versions resume with their best.
-        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
 
     @classmethod
     def restore_best(cls, checkpoint: dict[str, Any], path: Path) -> None:
@@ -151,9 +240,10 @@ class BestCheckpoint(ModelCheckpoint):
         in_its_run = best.resolve().parent == path.resolve().parent  # not a copy taken elsewhere
         if in_its_run and not best.exists() and saved_at and int(saved_at.group(1)) == checkpoint["epoch"]:
             try:
-                shutil.copyfile(path, best)
+                with path.open("rb") as source, atomic_writer(best, "wb") as copy:
+                    shutil.copyfileobj(source, copy)
             except OSError:  # a full disk: no half copy; the resumed run's next write says so, in one line
-                best.unlink(missing_ok=True)
+                pass
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (trainer.is_global_zero and self.dirpath and self.best_model_path):
@@ -168,6 +258,14 @@ class RunLogger(TensorBoardLogger):
     """A TensorBoardLogger whose new version folder is claimed atomically: runs started together into
     one root never share a `version_N` (each takes the next free number by creating its folder, which
     fails for all but one). Only the main process claims; DDP's others write no logs."""
+
+    def save(self) -> None:
+        """TensorBoardLogger's save, its hparams.yaml written whole (it is written once, if missing)."""
+        hparams = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        if hparams.parent.is_dir() and not hparams.is_file():
+            with atomic_path(hparams) as temporary:
+                save_hparams_to_yaml(temporary, self.hparams)
+        super().save()
 
     def _get_next_version(self) -> int:
         version = super()._get_next_version()
@@ -186,11 +284,34 @@ class RunLogger(TensorBoardLogger):
 @dataclass
 class Resume:
     """Where a run continues: its checkpoint, the run folder to keep writing in (None: a new version),
-    and the first logger step it writes (TensorBoard hides the older points from that step on)."""
+    and the first logger step it writes (TensorBoard hides the older points from that step on); `lock`
+    holds the run folder for this process until `release`."""
 
     checkpoint: Path
     run_dir: Path | None
     first_step: int
+    lock: IO | None = None
+
+    def claim(self) -> None:
+        """Become the run folder's one writer, or refuse: two processes resuming one run would both write
+        its checkpoints, curves and summary. The lock is the kernel's, on an open file, so a killed
+        process cannot leave it held. Only the main process claims; DDP's others write no files."""
+        if self.run_dir is None or rank_zero_only.rank != 0:
+            return
+        lock = (self.run_dir / ".lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise CheckpointError(
+                f"{self.run_dir} is being trained by another process: wait for it to end (or stop it) and resume then"
+            ) from None
+        self.lock = lock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def logger(self) -> TensorBoardLogger:
         """A logger that goes on writing in the run's folder. The resumed run logs the points from its
@@ -261,11 +382,29 @@ def plan_resume(
         return None
     checkpoint = read_checkpoint(path)
     check_same_run(checkpoint, path, model, data)
+    check_tensors(checkpoint, path, model)
     check_epochs(checkpoint, path, max_epochs)
-    BestCheckpoint.restore_best(checkpoint, path)
     # Full batch, the logger's step of an epoch is its number: the resumed run logs again from there.
     first_step = int(checkpoint["global_step"])
-    return Resume(path, path.parent.parent if path.parent.name == "checkpoints" else None, first_step)
+    resume = Resume(path, path.parent.parent if path.parent.name == "checkpoints" else None, first_step)
+    resume.claim()
+    BestCheckpoint.restore_best(checkpoint, path)
+    return resume
+
+
+def check_tensors(checkpoint: dict[str, Any], path: Path, model: L.LightningModule) -> None:
+    """A damaged checkpoint (a tensor missing, extra or of another shape) is refused before the resumed
+    run writes anything, rather than by load_state_dict once its folder has a new config and event file."""
+    saved, expected = checkpoint["state_dict"], model.state_dict()
+    problems = [f"{name} is missing" for name in expected if name not in saved]
+    problems += [f"{name} is not {type(model).__name__}'s" for name in saved if name not in expected]
+    problems += [
+        f"{name} has shape {list(saved[name].shape)}, not {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in saved and getattr(saved[name], "shape", None) != tensor.shape
+    ]
+    if problems:
+        raise CheckpointError(f"{path} does not fit its network: {'; '.join(problems)}")
 
 
 def check_same_run(checkpoint: dict[str, Any], path: Path, model: L.LightningModule, data: L.LightningDataModule):

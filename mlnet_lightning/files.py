@@ -19,29 +19,39 @@ FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextmanager
-def atomic_writer(path: str | Path, mode: str = "w", **options: Any) -> Iterator[IO]:
-    """A file to write `path`'s new content into (`open`'s mode and options): renamed to `path` when the
-    block ends, removed if it fails. A failed write raises OSError naming `path`."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that takes a path: when the block ends, its file is
+    flushed to the disk and renamed to `path`; if the block fails, it is removed. A failed write raises
+    OSError naming `path`."""
     path = Path(path)
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.fchmod(descriptor, FILE_MODE)
+        os.close(descriptor)
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from None
+    temporary = Path(name)
     try:
-        os.fchmod(descriptor, FILE_MODE)
-        with os.fdopen(descriptor, mode, **options) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
+        yield temporary
+        with temporary.open("rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        if error.filename is None:  # a failed write() names no file
+        temporary.unlink(missing_ok=True)
+        if error.filename in (None, str(temporary)):  # a failed write() names no file; the temporary means nothing
             raise OSError(error.errno, error.strerror, str(path)) from None
         raise
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "w", **options: Any) -> Iterator[IO]:
+    """A file to write `path`'s new content into (`open`'s mode and options), written whole as by
+    `atomic_path`."""
+    with atomic_path(path) as temporary, temporary.open(mode, **options) as file:
+        yield file
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mlnet_lightning.files import atomic_writer
 from mlnet_lightning.models.base import as_probabilities
 
 # matplotlib's tab10, so that the snapshots and the PNG files give a class the same colour.
@@ -249,7 +250,8 @@ class Pictures(L.Callback):
                 figures["decision_boundary"] = (boundary_figure(boundary, self.grid, data, title), None)
         for name, (figure, step) in figures.items():
             image = render(figure)
-            imsave(folder / f"{name}.png", image)
+            with atomic_writer(folder / f"{name}.png", "wb") as file:
+                imsave(file, image, format="png")
             if step is not None:
                 self.log_image(trainer, name, image, step)
 

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,19 +20,22 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback, instantiate_class
+from lightning.pytorch.cli import LightningArgumentParser, instantiate_class
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
 from mlnet_lightning.checkpoints import (
     LOGGER_OPTIONS,
+    AtomicCheckpointIO,
     BestCheckpoint,
     CannotWrite,
+    LatestCheckpoint,
     Resume,
     RunCheckpoint,
+    RunConfig,
     RunLogger,
     plan_resume,
 )
@@ -66,6 +70,11 @@ def validation_every(max_epochs: int | None, max_steps: int = -1) -> int:
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit status 2."""
+
+
+class CollectiveFailed(Exception):
+    """The processes of a several-device run did not complete a collective operation within the
+    strategy's timeout (one of them died, or code ran a collective on some ranks only): one line, exit 1."""
 
 
 def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
@@ -179,21 +188,32 @@ def train_one(
     resume = plan_resume(config.ckpt_path, runs_dir, model, data, config.max_epochs) if config.ckpt_path else None
     if config.ckpt_path and resume is None:
         print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
+    try:
+        return fit(name, model, data, config, parser, trainer_options, runs_dir, resume, make_bar)
+    finally:
+        if resume is not None:
+            resume.release()
+
+
+def fit(
+    name: str,
+    model: L.LightningModule,
+    data: ClassificationData,
+    config: Namespace,
+    parser: LightningArgumentParser,
+    trainer_options: dict[str, Any],
+    runs_dir: Path,
+    resume: Resume | None,
+    make_bar: Callable[..., Any],
+) -> dict[str, Any]:
+    """train_one's fit, its callbacks and loggers made from the options."""
     stop = StopOnInterrupt()
     summary = RunSummary(name, stop)
     callbacks = [summary, stop, RunCheckpoint(), *instantiate_all(trainer_options.pop("callbacks"))]
+    bar = EpochProgressBar(make_bar)
     if trainer_options["enable_progress_bar"] is not False:
-        callbacks.append(EpochProgressBar(make_bar))
-    # last.ckpt every --checkpoint_every epochs, and the best by val/acc. A callback of its own writes
-    # last.ckpt because Lightning's save_last rewrites it only where the monitored metric improved. It
-    # saves once the epoch has ended (after its validation): a checkpoint saved at a validation's end
-    # resumes inside that epoch, whose end then runs and logs a second time.
-    latest = ModelCheckpoint(
-        filename="last",
-        every_n_epochs=config.checkpoint_every,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
+        callbacks.append(bar)
+    latest = LatestCheckpoint(config.checkpoint_every)
     if trainer_options["enable_checkpointing"] is not False:
         # The best first: last.ckpt, written after it at the same validation, then records its choice.
         callbacks += [BestCheckpoint(), latest]
@@ -203,7 +223,8 @@ def train_one(
         run_config = config.clone()
         run_config.check_val_every_n_epoch = trainer_options["check_val_every_n_epoch"]
         run_config.model = name if config.model == "all" else config.model
-        callbacks.append(SaveConfigCallback(parser, run_config, overwrite=True))
+        run_config.ckpt_path = None  # the config reruns the run; --ckpt_path continues it
+        callbacks.append(RunConfig(parser, run_config))
     # The run's length and data beside the network's options, so that HPARAMS compares runs by them too.
     run_options = {"max_epochs": config.max_epochs, "data": {"name": type(data).__name__, **data.hparams}}
     # Pictures show one network; stacked copies show their spread in summary.json and TensorBoard histograms.
@@ -215,6 +236,7 @@ def train_one(
         logger = users_loggers(logger, runs_dir)
     try:
         options = {name: instantiated(value) for name, value in trainer_options.items()}
+        options["plugins"] = with_whole_checkpoints(options["plugins"])
         trainer = L.Trainer(**options, logger=logger, callbacks=callbacks)
     except MisconfigurationException as error:
         raise UsageError(str(error).split("\n")[0]) from None
@@ -228,22 +250,54 @@ def train_one(
             "train a network with nn.Parameters (parameter, linear, sequential) on several processes"
         )
     try:
-        with stop.listening(trainer, latest):
-            trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+        with stop.listening(trainer):
+            try:
+                trainer.fit(model, datamodule=data, ckpt_path=resume.checkpoint if resume else None)
+            finally:
+                bar.close()  # a failed fit's error line then starts on a line of its own
     except RunInterrupted:
         pass  # a second signal: the summary so far is below
     except SIGTERMException:  # Lightning's own stop, under several processes: every rank stops at one batch
         stop.signum = signal.SIGTERM
     except TrainingDiverged as error:
-        kept = latest.best_model_path  # with no monitor, the "best" is the newest
-        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {kept or 'none'}") from None
-    except MisconfigurationException as error:  # an option Lightning refuses for this network
-        raise UsageError(f"{name}: {str(error).splitlines()[0]}") from None
+        raise TrainingDiverged(f"{name}: {error}; last good checkpoint: {latest.kept() or 'none'}") from None
     except OSError as error:
-        raise CannotWrite.during(name, error, trainer.log_dir, latest.best_model_path) from None
+        raise CannotWrite.during(name, error, trainer.log_dir, latest.kept()) from None
+    except (MisconfigurationException, RuntimeError) as error:  # an option Lightning refuses for this network
+        refused = refused_option(error)
+        if refused is not None:
+            if resume is None and isinstance(logger, RunLogger):  # a new run that never was: no folder left behind
+                shutil.rmtree(trainer.log_dir, ignore_errors=True)
+            raise UsageError(f"{name}: {refused}") from None
+        if trainer.world_size > 1:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise CollectiveFailed(
+                f"{name}: the {trainer.world_size} processes stopped waiting for each other ({reason}); "
+                f"last good checkpoint: {latest.kept() or 'none'}"
+            ) from None
+        raise
     if stop.requested:
-        raise RunInterrupted(summary.summary, stop.checkpoint or latest.best_model_path, stop.signum)
+        raise RunInterrupted(summary.summary, latest.kept(), stop.signum)
     return summary.summary
+
+
+def refused_option(error: Exception) -> str | None:
+    """The first line of an error by which Lightning refuses an option once the fit has begun (a callback
+    monitoring a metric that is not logged: EarlyStopping's RuntimeError, ModelCheckpoint's
+    MisconfigurationException); None for any other error."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, MisconfigurationException) or "conditioned on metric" in first_line:
+        return first_line
+    return None
+
+
+def with_whole_checkpoints(plugins: Any) -> Any:
+    """The Trainer's plugins, with checkpoints written whole (AtomicCheckpointIO) unless one of them is
+    a checkpoint writer of the user's."""
+    given = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
+    if any(isinstance(plugin, CheckpointIO) for plugin in given):
+        return plugins
+    return [*given, AtomicCheckpointIO()]
 
 
 def instantiate_all(classes: Namespace | list[Namespace] | None) -> list[Any]:
@@ -287,11 +341,16 @@ def run_logger(runs_dir: Path, resume: Resume | None) -> TensorBoardLogger:
     return RunLogger(runs_dir.parent, name=runs_dir.name, **LOGGER_OPTIONS)
 
 
-def check_writable(folder: str) -> None:
-    """Fail before training, not after it, when the logs cannot be written (creating nothing: a
-    command that fails later on a bad option leaves no folder behind)."""
-    existing = next(path for path in (Path(folder).absolute(), *Path(folder).absolute().parents) if path.exists())
+def check_writable(folder: str | Path) -> None:
+    """Fail before training, not after it, when the logs cannot be written in `folder` or, where it is yet
+    to be made, in the nearest folder above it that exists (creating nothing: a command that fails later
+    on a bad option leaves no folder behind)."""
+    path = Path(folder).absolute()
+    # A broken symbolic link does not exist, but mkdir cannot make a folder in its place either.
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
     try:
+        if existing.is_symlink() and not existing.exists():
+            raise FileNotFoundError(2, f"{existing} is a broken symbolic link")
         if not existing.is_dir():
             raise NotADirectoryError(20, "Not a directory")
         with tempfile.TemporaryFile(dir=existing):

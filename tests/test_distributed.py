@@ -25,11 +25,11 @@ def test_each_process_keeps_an_equal_slice_of_the_training_set():
 def test_two_ddp_processes_end_where_one_process_does(tmp_path):
     """750 points over 2 processes: DDP's mean of two 375-point gradients is the full-batch gradient,
     at every epoch; the loss and accuracies are those of all the points."""
-    options = ["--model", "sequential", "--max_epochs", "300", "--accelerator", "cpu", "--enable_progress_bar", "false"]
+    options = ["--model", "sequential", "--max_epochs", "300", "--accelerator", "cpu"]
     one = train(tmp_path / "one", *options)["sequential"]
     two_root = tmp_path / "two"
     ddp = ["--devices", "2", "--strategy", "ddp", "--default_root_dir", str(two_root)]
-    result = run_script("train.py", *options, *ddp)
+    result = run_script("train.py", *options, *ddp)  # the defaults on: progress bar, pictures, checkpoints
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("sequential") == 1  # the table is printed by rank 0 only
     assert [p.name for p in (two_root / "sequential").iterdir()] == ["version_0"]

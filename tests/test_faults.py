@@ -22,8 +22,8 @@ from tests.conftest import ONE_THREAD_ENV, ROOT, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Validations every 50 epochs, last.ckpt every 100: a run of 250 epochs leaves last.ckpt at epoch 199,
-# written at that epoch's validation (Lightning resumes it by ending that epoch), and a best after it.
+# Validations every 50 epochs, last.ckpt every 100 and where the run ends: a run of 250 epochs killed at
+# its end leaves last.ckpt at epoch 199 (Lightning resumes it by ending that epoch), and a best after it.
 CADENCE = ("--check_val_every_n_epoch", "50", "--checkpoint_every", "100", "--pictures", "false")
 
 
@@ -60,7 +60,6 @@ def tree(root: Path) -> dict[str, bytes]:
     ("model", "first", "then", "start", "options"),
     [
         ("linear", 250, 400, "last", ()),  # longer
-        ("scratch", 250, 210, "last", ()),  # shorter: the best at 249 is not reached, the one at 199 is kept
         ("linear", 250, 400, "best", ()),  # from the best checkpoint, which then gives way to a later best
         ("linear", 250, 400, "last", ("--fast_path", "false")),  # Lightning's loop for every epoch
         ("linear", 250, 400, "last", ("--data.batch_size", "250")),  # three steps an epoch
@@ -82,8 +81,24 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, model, first, the
     assert len(whole["scalars"]["train/loss"]) == then  # one point an epoch, each once
 
 
+def test_a_run_killed_after_a_later_best_resumes_shorter_keeping_the_checkpoints_best(tmp_path):
+    """kill -9 as epoch 249 ends: last.ckpt holds epoch 199, the best file is epoch 249's. Resumed to 210
+    epochs, the best at 249 is not reached and the one at 199 is kept, as a 210-epoch run keeps it."""
+    common = ("--model", "scratch", *CADENCE)
+    train(tmp_path / "whole", *common, "--max_epochs", "210")
+    kill = ("--callbacks", "tests.user_callbacks.KillAt", "--callbacks.epoch", "249")
+    killed = train_py(*common, "--max_epochs", "250", *kill, "--default_root_dir", str(tmp_path / "parts"))
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = run_folder(tmp_path / "parts", "scratch")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 199
+    assert [path.name for path in (run_dir / "checkpoints").glob("*best*")] == ["epoch=249-best.ckpt"]
+    train(tmp_path / "parts", *common, "--max_epochs", "210", "--ckpt_path", "last")
+    assert outcome(run_dir) == outcome(run_folder(tmp_path / "whole", "scratch"))
+
+
 def test_the_known_case_resumes_exactly(tmp_path):
-    """1,500 epochs, then on to 3,000 from last.ckpt (epoch 999), with the CLI's cadences."""
+    """1,500 epochs, then on to 3,000 from last.ckpt (where the first run ended), with the CLI's cadences."""
     common = ("--model", "linear", "--pictures", "false")
     whole = train(tmp_path / "whole", *common, "--max_epochs", "3000")["linear"]
     train(tmp_path / "parts", *common, "--max_epochs", "1500")
@@ -96,7 +111,7 @@ def test_the_known_case_resumes_exactly(tmp_path):
 def test_resuming_to_no_more_epochs_than_the_checkpoint_holds_is_refused_before_anything_is_written(
     tmp_path, capsys, max_epochs
 ):
-    train(tmp_path, "--model", "linear", *CADENCE, "--max_epochs", "250")  # last.ckpt holds 200 epochs
+    train(tmp_path, "--model", "linear", *CADENCE, "--max_epochs", "200")  # last.ckpt holds 200 epochs
     before = tree(tmp_path)
     capsys.readouterr()
     argv = ["--default_root_dir", str(tmp_path), "--model", "all", *CADENCE, "--ckpt_path", "last"]

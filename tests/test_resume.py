@@ -1,6 +1,7 @@
 """Runs that survive: SIGKILL and resume, Ctrl-C, divergence, and the same numbers from the same seed."""
 
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -135,19 +136,21 @@ def test_the_same_command_gives_the_same_summary_and_logs_its_seed(tmp_path, uni
 
 
 def test_a_diverging_run_stops_at_its_first_nan_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    # The tutorial's hand-written softmax overflows at this learning rate after 465 epochs.
-    options = ["--model", "scratch", "--lr", "50", "--max_epochs", "600", "--checkpoint_every", "100"]
+    # The tutorial's hand-written softmax overflows at this learning rate within tens of epochs (where
+    # exactly depends on the processor's exp: epoch 11 on one, later on others).
+    options = ["--model", "scratch", "--lr", "100", "--max_epochs", "600", "--checkpoint_every", "5"]
     assert main([*options, "--default_root_dir", str(tmp_path), "--enable_progress_bar", "false"]) == 1
     stdout, stderr = capsys.readouterr()
     assert stdout == ""  # no summary table
     last = tmp_path / "scratch" / "version_0" / "checkpoints" / "last.ckpt"
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
-    assert "diverged" in stderr and "nan at epoch 465" in stderr and str(last) in stderr
+    diverged_at = int(re.search(r"nan at epoch (\d+)", stderr).group(1))
+    assert "diverged" in stderr and diverged_at >= 5 and str(last) in stderr
     checkpoint = torch.load(last, weights_only=True)
-    assert checkpoint["epoch"] == 399
+    assert checkpoint["epoch"] == diverged_at // 5 * 5 - 1  # the last checkpoint before the NaN
     assert all(tensor.isfinite().all() for tensor in checkpoint["state_dict"].values())
     losses = read_scalars(tmp_path / "scratch" / "version_0")["train/loss"]
-    assert losses[-1][0] < 465 and all(math.isfinite(loss) for _, loss in losses)  # no NaN on the curve
+    assert losses[-1][0] < diverged_at and all(math.isfinite(loss) for _, loss in losses)  # no NaN on the curve
     assert not list(tmp_path.rglob("summary.json"))
 
 
