@@ -210,7 +210,8 @@ class LatestCheckpoint(RunFileCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if self.dirpath is None or trainer.global_step == self._first_step:  # nothing trained: nothing to add
+        # Nothing trained, nothing to add; fast_dev_run, as for Lightning's own saves: a dry run writes nothing.
+        if self.dirpath is None or trainer.global_step == self._first_step or trainer.fast_dev_run:
             return
         trainer.save_checkpoint(self.file())  # the loggers are flushed first (RunCheckpoint)
         if trainer.is_global_zero:
