@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import errno
+import itertools
 import math
+import os
 import statistics
 import sys
 from argparse import ArgumentError
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import lightning as L
 import torch
@@ -19,65 +25,95 @@ from torch import Tensor
 
 from mlnet_lightning.checkpoints import load_run
 from mlnet_lightning.cli import print_error
+from mlnet_lightning.files import atomic_writer
 from mlnet_lightning.models import TutorialModule
 from mlnet_lightning.models.base import as_probabilities
 from mlnet_lightning.seeds import StackedCopies
+
+# Points held in memory at once (tens of MB): a file of any length is read, and predicted, a chunk at a time.
+CHUNK_ROWS = 65_536
+FLOAT32_MAX = torch.finfo(torch.float32).max
+# Where float32, the networks' numbers, rounds to infinity: half a step (2**104 there) beyond its largest value.
+FLOAT32_OVERFLOW = FLOAT32_MAX + 2.0**103
 
 
 class PointsError(ValueError):
     """A CSV of points that cannot be used: missing, unreadable, empty, or with a bad cell."""
 
 
+class PredictionError(RuntimeError):
+    """Predictions that cannot be written (exit status 1): the network's output is not finite, or the write failed."""
+
+
 @dataclass
 class Points:
-    """Points read from a CSV: the cells as written (predictions echo them), as tensors, and the labels."""
+    """A chunk of a CSV's points: their line numbers, their cells as written (predictions echo them), as
+    tensors, and their labels."""
 
-    header: list[str] | None
+    lines: list[int]
     rows: list[list[str]]
     x: Tensor
     y: Tensor | None
 
 
-def read_points(path: str | Path, num_features: int, num_classes: int | None = None) -> Points:
-    """Rows of `num_features` numbers, each followed by a class label when `num_classes` is given.
-    A first row of names only is a header; blank lines are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise PointsError(f"{path} does not exist")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: a spreadsheet's byte-order mark
-            rows = enumerate(csv.reader(file), start=1)
-            lines = [(number, row) for number, row in rows if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError:
-        raise PointsError(f"cannot read {path}: it is not a text CSV file") from None
-    except (OSError, csv.Error) as error:
-        raise PointsError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
-    expected = feature_names(num_features) + ["label"] * (num_classes is not None)
-    header = None
-    if lines and not any(_is_number(cell) for cell in lines[0][1]):
-        _check_width(path, *lines[0], expected)
-        header = [cell.strip() for cell in lines.pop(0)[1]]
-    if not lines:
-        raise PointsError(f"{path} has no points: it is empty" + (" but for its header" if header else ""))
-    features, labels = [], []
-    for number, row in lines:
-        _check_width(path, number, row, expected)
-        features.append([_number(path, number, cell) for cell in row[:num_features]])
-        if num_classes is not None:
-            labels.append(_label(path, number, row[num_features], num_classes))
-    x = torch.tensor(features, dtype=torch.float32)
-    y = torch.tensor(labels, dtype=torch.int64) if num_classes is not None else None
-    return Points(header, [[cell.strip() for cell in row] for _, row in lines], x, y)
+class PointsFile:
+    """A CSV of rows of `num_features` numbers, each followed by a class label when `num_classes` is given,
+    read a chunk at a time so that memory stays bounded whatever its length. A first row of names only is a
+    header; blank lines are skipped."""
+
+    def __init__(self, path: str | Path, num_features: int, num_classes: int | None = None) -> None:
+        self.path = Path(path)
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.columns = feature_names(num_features) + ["label"] * (num_classes is not None)
+        self.header: list[str] | None = None  # known once the first chunk is read
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[Points]:
+        """The points, `size` at a time; a PointsError at the first bad row, or at the end when there was none."""
+        if not self.path.exists():
+            raise PointsError(f"{self.path} does not exist")
+        found = False
+        try:
+            with self.path.open(newline="", encoding="utf-8-sig") as file:  # -sig: a spreadsheet's byte-order mark
+                numbered = enumerate(csv.reader(file), start=1)
+                lines = ((number, row) for number, row in numbered if any(cell.strip() for cell in row))
+                first = next(lines, None)
+                if first and not any(_is_number(cell) for cell in first[1]):
+                    self._check_width(*first)
+                    self.header = [cell.strip() for cell in first[1]]
+                elif first:
+                    lines = itertools.chain([first], lines)
+                while chunk := list(itertools.islice(lines, size)):
+                    found = True
+                    yield self._points(chunk)
+        except UnicodeDecodeError:
+            raise PointsError(f"cannot read {self.path}: it is not a text CSV file") from None
+        except (OSError, csv.Error) as error:
+            raise PointsError(f"cannot read {self.path}: {getattr(error, 'strerror', None) or error}") from None
+        if not found:
+            but_for = " but for its header" if self.header else ""
+            raise PointsError(f"{self.path} has no points: it is empty{but_for}")
+
+    def _points(self, lines: list[tuple[int, list[str]]]) -> Points:
+        features, labels = [], []
+        for number, row in lines:
+            self._check_width(number, row)
+            features.append([_number(self.path, number, cell) for cell in row[: self.num_features]])
+            if self.num_classes is not None:
+                labels.append(_label(self.path, number, row[self.num_features], self.num_classes))
+        x = torch.tensor(features, dtype=torch.float32)
+        y = torch.tensor(labels, dtype=torch.int64) if self.num_classes is not None else None
+        return Points([number for number, _ in lines], [[cell.strip() for cell in row] for _, row in lines], x, y)
+
+    def _check_width(self, number: int, row: list[str]) -> None:
+        if len(row) != len(self.columns):
+            columns = f"{len(row)} column{'s' * (len(row) != 1)}"
+            expected = f"expected {len(self.columns)}: {','.join(self.columns)}"
+            raise PointsError(f"{self.path} line {number}: {columns}, {expected}")
 
 
 def feature_names(num_features: int) -> list[str]:
     return [f"x{i + 1}" for i in range(num_features)]
-
-
-def _check_width(path: Path, number: int, row: list[str], expected: list[str]) -> None:
-    if len(row) != len(expected):
-        columns = f"{len(row)} column{'s' * (len(row) != 1)}"
-        raise PointsError(f"{path} line {number}: {columns}, expected {len(expected)}: {','.join(expected)}")
 
 
 def _is_number(cell: str) -> bool:
@@ -94,6 +130,11 @@ def _number(path: Path, number: int, cell: str) -> float:
     value = float(cell)
     if not math.isfinite(value):
         raise PointsError(f"{path} line {number}: {cell.strip()!r} is not a finite number")
+    if abs(value) >= FLOAT32_OVERFLOW:  # finite as Python's float64, infinite in the network
+        limit = f"at most ±{FLOAT32_MAX:.8g}"
+        raise PointsError(
+            f"{path} line {number}: {cell.strip()!r} is too large for the network's float32 numbers ({limit})"
+        )
     return value
 
 
@@ -115,15 +156,28 @@ def copy_probabilities(model: L.LightningModule, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: L.LightningModule, x: Tensor, y: Tensor) -> tuple[list[float], list[int]]:
-    """Each copy's loss (the network's own, as in training, when it has one) and number of correct classes."""
-    correct = copy_probabilities(model, x).argmax(-1).eq(y).sum(-1).tolist()
+def evaluate(model: L.LightningModule, chunks: Iterable[tuple[Tensor, Tensor]]) -> tuple[list[float], list[int], int]:
+    """Each copy's loss (the network's own, as in training, when it has one) and number of correct classes
+    over the points of all chunks, and the number of points."""
+    loss_sums: Tensor | int = 0
+    correct: Tensor | int = 0
+    count = 0
+    for x, y in chunks:
+        # float32 loss times a count below 2**24, in float64: exact, so one chunk's mean comes back unchanged
+        loss_sums = loss_sums + _losses(model, x, y).double() * len(y)
+        correct = correct + copy_probabilities(model, x).argmax(-1).eq(y).sum(-1)
+        count += len(y)
+    return (loss_sums / count).tolist(), correct.tolist(), count
+
+
+def _losses(model: L.LightningModule, x: Tensor, y: Tensor) -> Tensor:
+    """Each copy's mean loss over the points, (copies,)."""
     if isinstance(model, StackedCopies):
-        return model.losses(model(x), y).tolist(), correct
+        return model.losses(model(x), y)
     output = model(x)
     own_loss = isinstance(model, TutorialModule)
     loss = model.loss(output, y) if own_loss else F.nll_loss(as_probabilities(output).log(), y)
-    return [loss.item()], correct
+    return loss.reshape(1)
 
 
 @torch.no_grad()
@@ -162,15 +216,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         model, data = load_from_working_directory(args.ckpt)
         if args.data is None:
-            x, y, source = data.x_val, data.y_val, "the validation split"
+            chunks, source = [(data.x_val, data.y_val)], "the validation split"
         else:
-            points = read_points(args.data, data.num_features, data.num_classes)
-            x, y, source = points.x, points.y, args.data
-        losses, correct = evaluate(model, x, y)
+            labelled = PointsFile(args.data, data.num_features, data.num_classes)
+            chunks, source = ((chunk.x, chunk.y) for chunk in labelled.chunks()), args.data
+        losses, correct, points = evaluate(model, chunks)
     except (ArgumentError, ValueError) as error:
         print_error("evaluate.py", error)
         return 2
-    points = len(y)
     if isinstance(model, StackedCopies):
         network = model.hparams.network.rpartition(".")[2]
         print(f"checkpoint  {args.ckpt} ({model.copies} stacked copies of {network})")
@@ -204,29 +257,70 @@ def predict_main(argv: list[str] | None = None) -> int:
         "(default: the mean of the copies' probabilities)",
     )
     parser.add_argument("--input", type=str, required=True, help="a CSV of points x1,x2 (a header row is allowed)")
-    parser.add_argument("--output", type=str, required=True, help="the CSV to write: x1,x2,class,p0,p1,...")
+    parser.add_argument(
+        "--output", type=str, required=True, help="the CSV to write: x1,x2,class,p0,p1,... ('-': stdout)"
+    )
     try:
         args = parser.parse_args(argv)
         model, data = load_from_working_directory(args.ckpt)
-        points = read_points(args.input, data.num_features)
         if args.copy is not None and not isinstance(model, StackedCopies):
             raise ValueError(f"--copy {args.copy}: {args.ckpt} holds one network, not stacked copies")
-        classes, probabilities = predict(model, points.x, args.copy)
-        write_predictions(args.output, points, classes, probabilities)
+        if Path(args.output).is_dir():  # a wrong option, told before predicting anything
+            raise PointsError(f"cannot write predictions to {args.output}: {os.strerror(errno.EISDIR)}")
+        with prediction_output(args.output) as output:
+            count = write_predictions(output, model, PointsFile(args.input, data.num_features), args.copy)
     except (ArgumentError, ValueError) as error:
         print_error("predict.py", error)
         return 2
-    print(f"predict.py: {len(classes)} predictions written to {args.output}", file=sys.stderr)
+    except PredictionError as error:
+        print_error("predict.py", error)
+        return 1
+    destination = "stdout" if args.output == "-" else args.output
+    print(f"predict.py: {count} predictions written to {destination}", file=sys.stderr)
     return 0
 
 
-def write_predictions(path: str, points: Points, classes: Tensor, probabilities: Tensor) -> None:
-    header = points.header or feature_names(points.x.shape[1])
-    lines = [[*header, "class", *(f"p{k}" for k in range(probabilities.shape[1]))]]
-    for row, label, row_probabilities in zip(points.rows, classes.tolist(), probabilities.tolist()):
-        lines.append([*row, str(label), *(f"{p:.8g}" for p in row_probabilities)])
+@contextmanager
+def prediction_output(path: str) -> Iterator[IO[str]]:
+    """Where predictions go: stdout for "-", else `path`, written whole or not at all. A failed write
+    raises PredictionError naming it."""
     try:
-        with open(path, "w", newline="") as file:
-            csv.writer(file, lineterminator="\n").writerows(lines)
+        if path == "-":
+            yield sys.stdout
+            sys.stdout.flush()  # a write's failure here, not in the interpreter's exit
+        else:
+            with atomic_writer(path, "w", newline="", encoding="utf-8") as file:
+                yield file
     except OSError as error:
-        raise PointsError(f"cannot write predictions to {path}: {error.strerror or error}") from None
+        if path == "-":  # a closed pipe (`| head`) would fail again, in a traceback, at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        destination = "stdout" if path == "-" else path
+        raise PredictionError(f"cannot write predictions to {destination}: {error.strerror or error}") from None
+
+
+def write_predictions(output: IO[str], model: L.LightningModule, points: PointsFile, copy: int | None) -> int:
+    """Predict the points a chunk at a time, writing each chunk's rows x1,x2,class,p0,p1,... (the cells as
+    written, the probabilities to float32's precision); returns the number of points."""
+    writer = csv.writer(output, lineterminator="\n")
+    count = 0
+    for chunk in points.chunks():
+        classes, probabilities = predict(model, chunk.x, copy)
+        _check_finite(points.path, chunk, probabilities)
+        if not count:
+            header = points.header or feature_names(points.num_features)
+            writer.writerow([*header, "class", *(f"p{k}" for k in range(probabilities.shape[1]))])
+        for row, label, row_probabilities in zip(chunk.rows, classes.tolist(), probabilities.tolist()):
+            writer.writerow([*row, str(label), *(f"{p:.8g}" for p in row_probabilities)])
+        count += len(chunk.rows)
+    return count
+
+
+def _check_finite(path: Path, chunk: Points, probabilities: Tensor) -> None:
+    """A NaN or infinite probability is no prediction: refuse the first point that has one."""
+    not_finite = probabilities.isfinite().all(-1).logical_not().nonzero()
+    if len(not_finite):
+        row = int(not_finite[0])
+        given = ",".join(f"{p:.8g}" for p in probabilities[row].tolist())
+        raise PredictionError(
+            f"{path} line {chunk.lines[row]}: the network's class probabilities for this point are not finite ({given})"
+        )

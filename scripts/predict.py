@@ -1,4 +1,5 @@
-"""Classes and probabilities of points: `python scripts/predict.py --ckpt PATH --input in.csv --output out.csv`."""
+"""Classes and probabilities of points: `python scripts/predict.py --ckpt PATH --input in.csv --output out.csv`
+(`--output -`: to stdout)."""
 
 import sys
 
