@@ -8,7 +8,7 @@ import torch
 
 from mlnet_lightning.checkpoints import load_run
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.inference import evaluate_main, predict_main
+from mlnet_lightning.inference import CHUNK_ROWS, evaluate_main, predict_main
 from mlnet_lightning.models import Linear, Sequential
 from mlnet_lightning.models.base import as_probabilities
 from tests.test_tutorial import read_scalars
@@ -86,3 +86,22 @@ def test_probabilities_come_from_softmax_only_for_logits(logits):
     output = model(BlobData().x_val)
     expected = output.softmax(-1) if logits else output
     assert torch.equal(as_probabilities(output), expected)
+
+
+@pytest.mark.parametrize("repeats", [1, CHUNK_ROWS // 250 + 1])
+def test_evaluate_on_a_csv_of_the_validation_split_prints_its_numbers(checkpoint, tmp_path, capsys, repeats):
+    """Read in one chunk, the same numbers to the last digit; in several, the same up to float32's rounding."""
+    data = BlobData()
+    assert evaluate_main(["--ckpt", str(checkpoint)]) == 0
+    validation = evaluate_output(capsys)
+    rows = [[repr(x1), repr(x2), str(y)] for (x1, x2), y in zip(data.x_val.tolist(), data.y_val.tolist())]
+    labelled = write_csv(tmp_path / "labelled.csv", rows * repeats)
+    assert evaluate_main(["--ckpt", str(checkpoint), "--data", str(labelled)]) == 0
+    report = evaluate_output(capsys)
+    assert report["points"] == f"{250 * repeats} from {labelled}"
+    correct = int(validation["accuracy"].split("(")[1].split()[0])
+    assert report["accuracy"] == f"{validation['accuracy'].split()[0]} ({correct * repeats} of {250 * repeats})"
+    if repeats == 1:
+        assert report["loss"] == validation["loss"]
+    else:
+        assert float(report["loss"]) == pytest.approx(float(validation["loss"]), abs=2e-6)
