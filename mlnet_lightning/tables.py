@@ -5,24 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
+from mlnet_lightning.reference import TUTORIAL, TUTORIAL_WITH_LOGITS
 
 SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
 
 
 def format_table(
     summaries: list[dict[str, Any]],
-    logits: bool,
+    logits: bool = False,
     columns: tuple[str, ...] = SUMMARY_COLUMNS,
     tutorial_rows: bool = True,
 ) -> str:
-    """Our numbers, with the tutorial's beneath each network it has numbers for (unless tutorial_rows is False)."""
+    """Our numbers, with the tutorial's beneath each network it has numbers for, trained with `logits` or
+    not (unless tutorial_rows is False)."""
+    references = TUTORIAL_WITH_LOGITS if logits else TUTORIAL
     rows = [columns]
     for summary in summaries:
         rows.append(tuple(_cell(summary.get(c), c) for c in columns))
-        reference = TUTORIAL.get(summary["model"])
+        reference = references.get(summary["model"])
         if tutorial_rows and reference is not None and summary["epochs"] == 10_000:
-            reference = {**reference, **(LOGITS_FIX if logits else {}), columns[0]: "  tutorial"}
+            reference = {**reference, columns[0]: "  tutorial"}
             rows.append(tuple(_cell(reference.get(c), c) for c in columns))
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
