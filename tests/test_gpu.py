@@ -5,6 +5,7 @@ machine, the dry run of the prepared GPU check (scripts/gpu_check.sh, docs/gpu.m
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,10 +120,12 @@ def test_a_thousand_stacked_seeds(tmp_path):
     assert stacked["copies"]["val_acc"][0] == pytest.approx(one["val_acc"], abs=1e-3)
 
 
-def test_the_gpu_check_dry_run():
-    """What the GPU check runs, on this machine's CPU and shortened: it ends with its table, all ok."""
+def test_the_gpu_check_dry_run(tmp_path):
+    """What the GPU check runs, on this machine's CPU and shortened: it ends with its table, all ok, and
+    writes it where --output says (not into the checkout)."""
+    output = tmp_path / "gpu-check.json"
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--output", str(output)],
         cwd=ROOT, env={**ONE_THREAD_ENV, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -132,6 +135,7 @@ def test_the_gpu_check_dry_run():
         assert any(line.startswith(f"{name} replayed vs eager") and " ok " in line for line in table), table
     assert any(line.startswith("gpu tests") for line in table)
     assert not any(" FAIL " in line for line in table)
+    assert len(json.loads(output.read_text())["rows"]) == len(table) - 1  # every row but the header
 
 
 @needs_gpu
