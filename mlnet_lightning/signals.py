@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 # A --jobs parent asks its workers to stop with this signal (also sent when it dies): it is not one of their
 # own stop requests, so it never counts as "a second signal" that stops them at once.
@@ -85,12 +86,19 @@ def run_command(program: str, module: str, function: str = "main") -> int:
     """Import `module` (seconds: torch, Lightning) and run its `function`. A stop request during the import
     ends the process at once, in one line: an exception raised inside a C extension's initialisation
     can end in an unrelated ImportError, or an abort. Ctrl-C later, in a command with nothing to save
-    (evaluate.py, predict.py; train.py handles its own), ends it in one line too."""
+    (evaluate.py, predict.py; train.py handles its own), ends it in one line too. Output whose reader has
+    gone (`train.py | head -1`) ends it with 141, as SIGPIPE would, and nothing more said."""
 
     def exit_at_once(signum: int, frame: Any) -> None:
         stopped_before_training(program, signum)
         sys.stderr.flush()
         os._exit(exit_status(signum))
+
+    def reader_gone(stream: TextIO) -> bool:
+        # A pipe whose reading end has closed: poll reports an error on its writing end.
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
 
     previous = take_signals({signal.SIGINT: exit_at_once, signal.SIGTERM: exit_at_once})
     main = getattr(importlib.import_module(module), function)
@@ -99,3 +107,11 @@ def run_command(program: str, module: str, function: str = "main") -> int:
         return main()
     except KeyboardInterrupt:
         return stopped_before_training(program, signal.SIGINT)
+    except BrokenPipeError:
+        gone = [stream for stream in (sys.stdout, sys.stderr) if reader_gone(stream)]
+        if not gone:
+            raise  # a pipe of the command's own, not its output
+        # The interpreter's last flush would write there and fail again (Python's signal docs, "Note on SIGPIPE").
+        for stream in gone:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        return exit_status(signal.SIGPIPE)
