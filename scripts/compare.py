@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.compare import main
+from mlnet_lightning.signals import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("compare.py", "mlnet_lightning.compare"))

@@ -1,6 +1,7 @@
 """The experiments of configs/: each trains, the comparison ranks them, and their claims hold."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +11,7 @@ from mlnet_lightning.baseline import fit_tutorial
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import TUTORIAL_MODELS
 from mlnet_lightning.reference import TUTORIAL
-from tests.conftest import ROOT, train
+from tests.conftest import ROOT, run_script, train
 from tests.test_tutorial import read_scalars
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -35,11 +36,32 @@ def test_compare_trains_every_config_into_one_folder_and_ranks_them(tmp_path, ca
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["epochs"] == 50 and summary["final_loss"] < summary["initial_loss"], path.name
         assert [step for step, _ in read_scalars(run_dir)["train/loss"]] == list(range(50)), path.name
-    header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split()[:2] == ["run", "model"]
-    assert sorted(row.split()[0] for row in rows) == sorted(path.stem for path in CONFIGS)
-    val_accs = [float(row.split()[header.split().index("val_acc")]) for row in rows]
-    assert val_accs == sorted(val_accs, reverse=True)
+    header, *rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert header[:3] == ["run", "data", "model"]
+    data_sets = {path.stem: data_set(path) for path in CONFIGS}
+    assert {row[0]: row[1] for row in rows} == data_sets
+    assert len(set(data_sets.values())) > 1  # else nothing to group
+    val_acc = header.index("val_acc")
+    ranked = [(row[1], -float(row[val_acc])) for row in rows]
+    assert ranked == sorted(ranked)  # by data set, the best val acc first in each
+
+
+def data_set(config: Path) -> str:
+    """The class name of a config's data (BlobData, the default, where it names none)."""
+    data = yaml.safe_load(config.read_text()).get("data") or {}
+    return data.get("class_path", "BlobData").rpartition(".")[2]
+
+
+def test_a_diverging_run_fails_the_comparison_in_one_line(tmp_path):
+    result = run_script("compare.py", "--model", "scratch", "--lr", "100", "--max_epochs", "50",
+                        "--enable_progress_bar", "false", "--default_root_dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+    assert result.stderr.splitlines()[-1] == (
+        "compare.py: error: training diverged: scratch: the loss became nan at epoch 11 "
+        "(the learning rate may be too large); last good checkpoint: none"
+    )
+    assert result.stdout == ""
 
 
 def test_compare_runs_the_tutorials_networks(tmp_path, capsys):

@@ -27,14 +27,15 @@ FULL_BATCH += ("--check_val_every_n_epoch", "100")
 # Three shuffled mini-batches an epoch: a stop must wait for the epoch's last one.
 MINI_BATCH = ("--model", "linear", "--max_epochs", "150", "--checkpoint_every", "10", "--check_val_every_n_epoch", "10")
 MINI_BATCH += ("--data.batch_size", "250", "--seed", "7")
-# Two networks at a time of the five, long enough to be stopped on the way.
-ALL_AT_ONCE = ("--max_epochs", "100000", "--checkpoint_every", "100", "--check_val_every_n_epoch", "100")
-ALL_AT_ONCE += ("--jobs", "2")
+# Long enough to be stopped on the way.
+LONG_RUNS = ("--max_epochs", "100000", "--checkpoint_every", "100", "--check_val_every_n_epoch", "100")
+# Two networks at a time of the five.
+ALL_AT_ONCE = (*LONG_RUNS, "--jobs", "2")
 
 
-def start(root: Path, *args: str) -> subprocess.Popen:
-    """train.py in a session of its own, to be signalled."""
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *QUIET, *args, "--default_root_dir", str(root)]
+def start(root: Path, *args: str, script: str = "train.py") -> subprocess.Popen:
+    """train.py (or another training script) in a session of its own, to be signalled."""
+    command = [sys.executable, str(ROOT / "scripts" / script), *QUIET, *args, "--default_root_dir", str(root)]
     return subprocess.Popen(
         command, cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -180,6 +181,23 @@ def test_sigterm_to_the_jobs_parent_stops_every_worker_at_a_checkpoint(tmp_path)
     assert all(last_checkpoint(tmp_path, name).exists() for name in ("scratch", "functional"))
     assert not list(tmp_path.rglob("summary.json"))
     assert [row.split()[0] for row in stdout.splitlines()[1:]] == ["scratch", "functional"]  # the table so far
+
+
+def test_sigterm_stops_a_comparison_as_it_stops_train_py(tmp_path):
+    """compare.py: the table of its runs so far in its own columns, one line with the resume advice, 143."""
+    victim = start(tmp_path, "--model", "all", *LONG_RUNS, script="compare.py")
+    last = tmp_path / "compare" / "scratch" / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(last.exists, victim)
+    victim.send_signal(signal.SIGTERM)
+    stdout, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 143
+    assert stderr.splitlines() == [
+        f"compare.py: stopped by SIGTERM; resume with the same command and --ckpt_path last (checkpoint: {last})"
+    ]
+    header, row = stdout.splitlines()
+    assert header.split()[:3] == ["run", "data", "model"] and row.split()[:3] == ["scratch", "BlobData", "scratch"]
+    assert 0 < epochs_in(last) < 100_000 and not list(tmp_path.rglob("summary.json"))
+    assert [path.name for path in (tmp_path / "compare").iterdir()] == ["scratch"]  # no second run started
 
 
 def test_sigterm_to_one_worker_fails_the_command_in_one_line(tmp_path):
