@@ -5,11 +5,16 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import math
 import re
 import signal
 import sys
+import threading
 import warnings
 from argparse import ArgumentError
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from mlnet_lightning.callbacks import RunInterrupted
 from mlnet_lightning.checkpoints import (
     CannotWrite,
     check_resumable,
+    resume_path,
 )
 from mlnet_lightning.data import ClassificationData
 from mlnet_lightning.models import MLP, MODELS, TUTORIAL_MODELS, TutorialModule
@@ -33,8 +39,11 @@ from mlnet_lightning.parallel import WorkerDied, auto_jobs, can_train_in_paralle
 from mlnet_lightning.runs import (
     AUTO_VALIDATION,
     UNBOUNDED_VALIDATION_EVERY,
+    CollectiveFailed,
     UsageError,
+    build_data,
     check_writable,
+    learning_rates,
     resolve_model,
     stacks_copies,
     train_one,
@@ -188,6 +197,7 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         if any(arg.partition("=")[0] == old for arg in argv):
             raise UsageError(f"{old} is gone: Lightning's {new} says it (an epoch is one pass over the data)")
     config = parser.parse_args(argv)
+    check_ranges(config)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -210,8 +220,86 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     if config.ckpt_path and len(models) > 1:  # every network's, before any trains (one's: in train_one)
         for name, _ in models:
             check_resumable(config.ckpt_path, Path(config.default_root_dir) / name, config.max_epochs)
-    check_writable(config.default_root_dir)
+    check_log_folders(config, [name for name, _ in models])
+    check_data(config)
     return config, models
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+INT64 = torch.iinfo(torch.int64)
+# torch.manual_seed's seeds (its docstring; it remaps the negative ones).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# Options checked against tighter ranges of their own: --seed here, --data.seed by the data module.
+OWN_RANGES = ("seed", "data.seed")
+
+
+def check_ranges(config: Namespace) -> None:
+    """Refuse, before anything converts them mid-run, numbers the run cannot hold: floats beyond float32's
+    range (the networks train in float32), integers beyond int64's, and seeds torch.manual_seed refuses."""
+    last_seed = config.seed + config.seeds - 1  # --seeds trains copies with seeds --seed, --seed+1, ...
+    if not SEED_MIN <= config.seed <= SEED_MAX:
+        raise UsageError(f"--seed: {config.seed} is beyond torch.manual_seed's range, -2**63 to 2**64 - 1")
+    if last_seed > SEED_MAX:
+        raise UsageError(
+            f"--seed {config.seed} with --seeds {config.seeds}: the last copy's seed, {last_seed}, is beyond "
+            "torch.manual_seed's range, at most 2**64 - 1"
+        )
+    rates = learning_rates(config.lrs) if config.lrs is not None else []
+    given = [("lrs", rate) for rate in rates]
+    for option, number in [*numbers(config), *given]:
+        if option in OWN_RANGES:
+            continue
+        # Infinities convert to float32; only finite numbers beyond its largest fail (mid-run, in torch).
+        if isinstance(number, float) and math.isfinite(number) and abs(number) > FLOAT32_MAX:
+            raise UsageError(
+                f"--{option}: {number:g} is beyond float32's range, ±{FLOAT32_MAX:.2g} (the networks train in float32)"
+            )
+        if isinstance(number, int) and not INT64.min <= number <= INT64.max:
+            raise UsageError(f"--{option}: {number} is beyond int64's range, {INT64.min} to {INT64.max}")
+
+
+def numbers(value: Any, option: str = "") -> Iterator[tuple[str, int | float]]:
+    """Every number in `value` (the options, a class's arguments, a list), with the option that gave it as
+    the command line names it: `optimizer.lr` for `optimizer.init_args.lr`."""
+    if isinstance(value, Namespace):
+        for key, item in value.items():
+            name = key.replace("init_args.", "")
+            yield from numbers(item, f"{option}.{name}" if option else name)
+    elif isinstance(value, dict):
+        yield from numbers(Namespace(**value), option)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from numbers(item, option)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield option, value
+
+
+def check_log_folders(config: Namespace, networks: list[str]) -> None:
+    """Refuse, before anything is written, folders the runs cannot write in: each network's under
+    --default_root_dir (where a new run makes its version_N), and a resumed run's own."""
+    for name in networks:
+        runs_dir = Path(config.default_root_dir) / name
+        check_writable(runs_dir)
+        checkpoint = resume_path(config.ckpt_path, runs_dir) if config.ckpt_path else None
+        if checkpoint is not None and checkpoint.parent.name == "checkpoints":  # a run folder's: it goes on there
+            check_writable(checkpoint.parent.parent)
+            check_writable(checkpoint.parent)
+
+
+def check_data(config: Namespace) -> None:
+    """Build the data set once, so that its own checks (its size against the split and the memory, its
+    seed) refuse a bad --data option before anything is written. The data modules' ValueErrors begin with
+    the argument at fault: here they name it as the command line does (`--data.n_samples 10: ...`)."""
+    try:
+        build_data(config)
+    except ValueError as error:
+        argument = str(error).partition(" ")[0]
+        if argument in (config.data.get("init_args") or Namespace()):
+            raise UsageError(f"--data.{error}") from None
+        raise
+    # Lightning's saved hyperparameters make a data module a cycle: free it now, before the runs build
+    # theirs, not at the collector's next pass.
+    gc.collect()
 
 
 def one_line(error: Exception) -> str:
@@ -246,11 +334,20 @@ def prepare() -> None:
     """Quiet Lightning, let --model my_file.MyNet import from the working directory, and set the imports'
     objects aside from the garbage collector."""
     _quiet_lightning()
+    threading.excepthook = _quiet_failed_writes
     sys.path.insert(0, str(Path.cwd()))
     # torch and Lightning leave about a million objects that live as long as the process: frozen, the
     # collector no longer walks them, which took 1 s at the interpreter's exit (measured on 2 cores), and
     # forked --jobs workers share their memory pages instead of copying them.
     gc.freeze()
+
+
+def _quiet_failed_writes(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard writes its events on a thread of its own, which prints a traceback when a write fails
+    (a full disk) and hands the error to the training, which reports it in one line: no traceback then."""
+    from_tensorboard = type(args.thread).__module__.startswith("tensorboard.")
+    if not (from_tensorboard and issubclass(args.exc_type, OSError)):
+        threading.__excepthook__(args)
 
 
 def print_error(program: str, error: BaseException | str) -> None:
@@ -259,50 +356,75 @@ def print_error(program: str, error: BaseException | str) -> None:
     print(f"{program}: error: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """train.py: 0 when done, 2 for a usage error, 1 when training diverged or a --jobs worker failed,
-    130 after Ctrl-C, 143 after SIGTERM."""
+@dataclass
+class RunsSoFar:
+    """A training command's finished runs, and how it tabulates them (its body sets `table` once the
+    options are read): what it prints when a stop request ends it midway."""
+
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    table: Callable[[list[dict[str, Any]]], str] = format_table
+
+
+def run_training(program: str, train: Callable[[RunsSoFar], str]) -> int:
+    """Run a training command's body, which returns its table, and print the table; or say in one line
+    `program: ...` why it failed or stopped. Returns the exit status: 0 when done, 2 for bad input, 1 when
+    training diverged, a write failed or a --jobs worker failed, 130 after Ctrl-C, 143 after SIGTERM (a stop
+    during training prints the table of the runs so far and how to resume)."""
     previous_handlers = saved_handlers()
     take_signals({signal.SIGTERM: raise_terminated})  # before the fit, nothing needs saving
-    summaries: list[dict[str, Any]] = []
+    runs = RunsSoFar()
     try:
-        prepare()
-        parser = build_parser()
-        config, models = parse(parser, argv)
-        jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
-        if jobs > 1:
-            train_in_parallel(train_one, models, config, parser, jobs, summaries)
-        else:
-            for name, model_class in models:
-                summaries.append(train_one(name, model_class, config, parser))
+        table = train(runs)
     except (ArgumentError, UsageError, ValueError) as error:
-        print_error("train.py", error)
+        print_error(program, error)
         return 2
     except TrainingDiverged as error:
-        print_error("train.py", f"training diverged: {error}")
+        print_error(program, f"training diverged: {error}")
         return 1
     except (WorkerDied, CannotWrite) as error:
-        print_error("train.py", error)
+        print_error(program, error)
+        return 1
+    except CollectiveFailed as error:
+        rank_zero_only(print_error)(program, error)  # every process fails alike: one line is enough
         return 1
     except RunInterrupted as interrupted:
-        runs = [*summaries, interrupted.summary] if interrupted.summary else summaries
-        if runs:
-            rank_zero_only(print)(format_table(runs, config.logits))  # once, not once per DDP process
+        so_far = [*runs.summaries, interrupted.summary] if interrupted.summary else runs.summaries
+        if so_far:
+            rank_zero_only(print)(runs.table(so_far))  # once, not once per DDP process
         if interrupted.checkpoint:
             advice = f"resume with the same command and --ckpt_path last (checkpoint: {interrupted.checkpoint})"
         else:
             advice = "no checkpoint was written"
-        rank_zero_only(print)(f"train.py: stopped by {describe(interrupted.signum)}; {advice}", file=sys.stderr)
+        rank_zero_only(print)(f"{program}: stopped by {describe(interrupted.signum)}; {advice}", file=sys.stderr)
         return exit_status(interrupted.signum)
     except KeyboardInterrupt:  # before or between fits, where nothing needs saving
-        return stopped_before_training("train.py", signal.SIGINT)
+        return stopped_before_training(program, signal.SIGINT)
     except Terminated as stop:
-        return stopped_before_training("train.py", stop.signum)
+        return stopped_before_training(program, stop.signum)
     finally:
         restore_handlers(previous_handlers)
-    table = format_copies_table(summaries) if stacks_copies(config) else format_table(summaries, config.logits)
     rank_zero_only(print)(table)  # once, not once per DDP process
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """train.py, its exit status as run_training's."""
+    return run_training("train.py", lambda runs: train_networks(argv, runs))
+
+
+def train_networks(argv: list[str] | None, runs: RunsSoFar) -> str:
+    """train.py's work: the networks its options name, in turn or --jobs at a time; returns their table."""
+    prepare()
+    parser = build_parser()
+    config, models = parse(parser, argv)
+    runs.table = partial(format_table, logits=config.logits)
+    jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
+    if jobs > 1:
+        train_in_parallel(train_one, models, config, parser, jobs, runs.summaries)
+    else:
+        for name, model_class in models:
+            runs.summaries.append(train_one(name, model_class, config, parser))
+    return format_copies_table(runs.summaries) if stacks_copies(config) else runs.table(runs.summaries)
 
 
 def _quiet_lightning() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -12,6 +13,17 @@ from sklearn.datasets import make_blobs, make_circles, make_moons
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import TensorDataset
+
+from mlnet_lightning.seeds import free_memory, human_bytes
+
+# The memory drawing a data set takes at its peak, a point (maxrss for 10**7 points: 99 B for BlobData,
+# 100 B for MoonsData): scikit-learn's float64 points and int64 labels, their shuffled and split copies,
+# the split's index arrays, then the float32 tensors. A test split is drawn while the others are held.
+BYTES_PER_POINT = 100
+# np.random.RandomState's seeds.
+MAX_SEED = 2**32 - 1
+# The tutorial's split: a quarter of the points held out for validation (train_test_split's default).
+VAL_FRACTION = 0.25
 
 
 def shuffled_order(size: int, seed: int, epoch: int) -> Tensor:
@@ -78,6 +90,37 @@ def process_share(x: Tensor, y: Tensor, rank: int, processes: int, equal: bool =
     return x[:kept].tensor_split(processes)[rank], y[:kept].tensor_split(processes)[rank]
 
 
+def check_fits_in_memory(n_samples: int, test_size: int) -> None:
+    """Refuse, before drawing any, points that would not fit in the memory the system has available
+    (a run that swaps would crawl, or numpy would fail midway)."""
+    need = BYTES_PER_POINT * (n_samples + test_size)
+    available = free_memory(torch.device("cpu"))
+    if need > available:
+        asked = f"n_samples {n_samples}" + (f" and test_size {test_size}" if test_size else "")
+        raise ValueError(
+            f"{asked}: drawing {n_samples + test_size} points needs about {human_bytes(need)} of memory, more "
+            f"than the {human_bytes(available)} available: give at most {available // BYTES_PER_POINT} points in all"
+        )
+
+
+def check_splittable(labels: np.ndarray, test_size: int) -> None:
+    """Refuse points too few for the tutorial's stratified 75/25 split, which puts every class in both
+    the training and the validation points (a test split of `test_size` points is drawn apart)."""
+    counts = np.unique(labels, return_counts=True)[1]
+    n_samples, classes = len(labels), len(counts)
+    val = math.ceil(VAL_FRACTION * n_samples)
+    train = n_samples - val
+    if min(train, val) < classes or counts.min() < 2:
+        # The fewest points that split so when the classes are drawn equally, as scikit-learn's shapes are.
+        least = max(4 * classes - 3, 2 * classes)
+        apart = f" (the test split, test_size {test_size}, is drawn apart)" if test_size else ""
+        raise ValueError(
+            f"n_samples {n_samples}: the 75/25 split needs a point of each of the {classes} classes in both "
+            f"training and validation, so at least {least} points; {n_samples} give {train} training and "
+            f"{val} validation points{apart}"
+        )
+
+
 class ClassificationData(L.LightningDataModule):
     """Base of the 2-D classification data sets: the tutorial's stratified 75/25 split, held as tensors,
     with loaders for all four stages. Testing and predicting use the held-out 25% unless `test_size`
@@ -99,12 +142,20 @@ class ClassificationData(L.LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if test_size < 0:
             raise ValueError(f"test_size must be a non-negative integer, got {test_size}")
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and 2**32 - 1 = {MAX_SEED} (numpy's RandomState), got {seed}")
+        if self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples}")
+        check_fits_in_memory(self.n_samples, test_size)
         self.seed = seed
         # One stream draws the tutorial's points, then the test split's: the tutorial's split and numbers
         # stay the same whatever test_size is.
         random_state = np.random.RandomState(seed)
         features, labels = self.make(self.n_samples, random_state)
-        x_train, x_val, y_train, y_val = train_test_split(features, labels, stratify=labels, random_state=seed)
+        check_splittable(labels, test_size)
+        x_train, x_val, y_train, y_val = train_test_split(
+            features, labels, test_size=VAL_FRACTION, stratify=labels, random_state=seed
+        )
         self.x_train, self.x_val = (torch.as_tensor(x, dtype=torch.float32) for x in (x_train, x_val))
         self.y_train, self.y_val = (torch.as_tensor(y, dtype=torch.int64) for y in (y_train, y_val))
         if test_size:

@@ -1,6 +1,9 @@
+import re
+
+import pytest
 import torch
 
-from mlnet_lightning.data import BlobData, TensorBatches
+from mlnet_lightning.data import BlobData, CirclesData, MoonsData, TensorBatches
 
 
 def test_blobs_are_the_tutorials_split():
@@ -33,3 +36,33 @@ def test_a_full_batch_is_the_same_tensors_every_epoch():
     assert loader.full_batch and len(loader) == 1 and data.batch_size == 750
     ((x, y),) = list(loader)
     assert x is data.x_train and y is data.y_train
+
+
+@pytest.mark.parametrize(
+    ("data_class", "options", "message"),
+    [
+        (BlobData, {"n_samples": 12}, "n_samples 12: the 75/25 split needs a point of each of the 4 classes"),
+        (BlobData, {"n_samples": 8, "centers": 3}, "3 classes in both training and validation, so at least 9 points"),
+        (MoonsData, {"n_samples": 4}, "at least 5 points; 4 give 3 training and 1 validation points"),
+        (CirclesData, {"n_samples": 4, "test_size": 100}, "(the test split, test_size 100, is drawn apart)"),
+        (BlobData, {"n_samples": 0}, "n_samples must be a positive integer, got 0"),
+        (BlobData, {"n_samples": 10**12}, "n_samples 1000000000000: drawing 1000000000000 points needs about 100 TB"),
+        (MoonsData, {"test_size": 10**12}, "n_samples 1000 and test_size 1000000000000: drawing"),
+        (BlobData, {"seed": 2**32}, "seed must be between 0 and 2**32 - 1 = 4294967295"),
+        (BlobData, {"seed": -1}, "got -1"),
+    ],
+)
+def test_a_data_set_that_cannot_be_made_is_a_value_error_naming_the_argument(data_class, options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data_class(**options)
+
+
+@pytest.mark.parametrize(
+    ("data_class", "options", "sizes"),
+    [(BlobData, {"n_samples": 13}, (9, 4)), (BlobData, {"n_samples": 9, "centers": 3}, (6, 3)),
+     (MoonsData, {"n_samples": 5}, (3, 2)), (BlobData, {"seed": 2**32 - 1}, (750, 250))],
+)  # fmt: skip
+def test_the_smallest_data_sets_split(data_class, options, sizes):
+    data = data_class(**options)
+    assert (len(data.x_train), len(data.x_val)) == sizes
+    assert set(data.y_train.tolist()) == set(data.y_val.tolist())
