@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,18 +56,24 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def other_filesystem(tmp_path) -> Iterator[Path]:
-    """A folder on a tmpfs of its own, as TMPDIR often is on a cluster node."""
-    folder = tmp_path / "tmpfs"
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """`folder`, made and mounted as a tmpfs of `size` (skips the test where mounting is refused)."""
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def other_filesystem(tmp_path) -> Iterator[Path]:
+    """A folder on a tmpfs of its own, as TMPDIR often is on a cluster node."""
+    with tmpfs(tmp_path / "tmpfs", "64m") as folder:
+        yield folder
 
 
 def test_ddp_with_the_progress_bar_pictures_and_checkpoints_on_ends(tmp_path):
@@ -177,12 +184,7 @@ def test_kill_9_at_random_instants_loses_and_duplicates_no_point(tmp_path, other
 
 
 def test_a_full_filesystem_ends_in_one_line_naming_the_run_folder_and_leaves_no_part(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "320k") as disk:
         run = ["--model", "linear", "--max_epochs", "3000", "--check_val_every_n_epoch", "100"]
         full = run_train_py(disk, *run)
         run_dir = run_folder(disk)
@@ -199,8 +201,6 @@ def test_a_full_filesystem_ends_in_one_line_naming_the_run_folder_and_leaves_no_
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         train_to_end(disk, *run, "--ckpt_path", "last")
         assert summary(run_dir)["epochs"] == 3000
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_second_resume_of_a_run_in_training_is_refused_in_one_line(tmp_path):
