@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlnet_lightning.fastpath.lightning_internals import epochs_in_checkpoint
-from mlnet_lightning.files import atomic_path, atomic_writer, write_text
+from mlnet_lightning.files import atomic_path, atomic_writer, remove_temporaries, write_text
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
@@ -308,6 +309,7 @@ class Resume:
                 f"{self.run_dir} is being trained by another process: wait for it to end (or stop it) and resume then"
             ) from None
         self.lock = lock
+        remove_temporaries(self.run_dir)  # a kill -9 mid-write leaves one; none is a checkpoint
 
     def release(self) -> None:
         if self.lock is not None:
@@ -370,6 +372,17 @@ def check_resumable(ckpt_path: str, runs_dir: Path, max_epochs: int | None) -> N
     path = resume_path(ckpt_path, runs_dir)
     if path is not None:
         check_epochs(read_checkpoint(path), path, max_epochs)
+
+
+def ended_run(ckpt_path: str | None, runs_dir: Path, max_epochs: int | None) -> dict[str, Any] | None:
+    """The summary of the newest run under `runs_dir` when `--ckpt_path last` names a run that has already
+    ended on its own at `max_epochs` epochs (its summary.json written); None for any run left to train."""
+    last = newest_last_checkpoint(runs_dir) if ckpt_path == "last" and max_epochs is not None else None
+    if last is None or not (last.parent.parent / "summary.json").is_file():
+        return None
+    if epochs_in_checkpoint(read_checkpoint(last)) != max_epochs:
+        return None
+    return json.loads((last.parent.parent / "summary.json").read_text())
 
 
 def plan_resume(

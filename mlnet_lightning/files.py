@@ -54,6 +54,13 @@ def atomic_writer(path: str | Path, mode: str = "w", **options: Any) -> Iterator
         yield file
 
 
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files that writers killed mid-write left in `folder` and below; only the
+    folder's one writer may call this (another's temporary may be in use)."""
+    for temporary in Path(folder).rglob(".*.part"):
+        temporary.unlink(missing_ok=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """`Path.write_text`, atomically."""
     with atomic_writer(path, "w", encoding="utf-8") as file:
