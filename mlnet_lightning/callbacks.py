@@ -123,6 +123,13 @@ class StopOnInterrupt(L.Callback):
             else:
                 restore_handlers(previous)
 
+    def cut_short(self, trainer: L.Trainer) -> bool:
+        """Whether a stop request ended the fit before its --max_epochs or --max_steps (a request that came
+        in the last epoch did not: that run has ended)."""
+        ended_epochs = trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs
+        ended_steps = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        return self.requested and not (ended_epochs or ended_steps)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         origin = "parent" if signum == PARENT_ASKS else "signal"
         if origin in self._origins:
@@ -200,7 +207,7 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.summary = self.collect(trainer, pl_module)
-        interrupted = self.stop is not None and self.stop.requested
+        interrupted = self.stop is not None and self.stop.cut_short(trainer)
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask for it
         if trainer.is_global_zero and log_dir and not interrupted:
             write_text(Path(log_dir) / "summary.json", json.dumps(self.summary, indent=2) + "\n")

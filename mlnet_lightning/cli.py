@@ -30,6 +30,7 @@ from mlnet_lightning.callbacks import RunInterrupted
 from mlnet_lightning.checkpoints import (
     CannotWrite,
     check_resumable,
+    ended_run,
     resume_path,
 )
 from mlnet_lightning.data import ClassificationData
@@ -47,6 +48,7 @@ from mlnet_lightning.runs import (
     resolve_model,
     stacks_copies,
     train_one,
+    train_or_keep,
 )
 from mlnet_lightning.signals import (
     Terminated,
@@ -219,7 +221,9 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         raise UsageError("--ckpt_path PATH continues one network: add --model (or use --ckpt_path last)")
     if config.ckpt_path and len(models) > 1:  # every network's, before any trains (one's: in train_one)
         for name, _ in models:
-            check_resumable(config.ckpt_path, Path(config.default_root_dir) / name, config.max_epochs)
+            runs_dir = Path(config.default_root_dir) / name
+            if ended_run(config.ckpt_path, runs_dir, config.max_epochs) is None:  # an ended one is kept
+                check_resumable(config.ckpt_path, runs_dir, config.max_epochs)
     check_log_folders(config, [name for name, _ in models])
     check_data(config)
     return config, models
@@ -419,11 +423,12 @@ def train_networks(argv: list[str] | None, runs: RunsSoFar) -> str:
     config, models = parse(parser, argv)
     runs.table = partial(format_table, logits=config.logits)
     jobs = min(config.jobs or auto_jobs(config, len(models)), len(models))
+    train = train_or_keep if len(models) > 1 else train_one
     if jobs > 1:
-        train_in_parallel(train_one, models, config, parser, jobs, runs.summaries)
+        train_in_parallel(train, models, config, parser, jobs, runs.summaries)
     else:
         for name, model_class in models:
-            runs.summaries.append(train_one(name, model_class, config, parser))
+            runs.summaries.append(train(name, model_class, config, parser))
     return format_copies_table(runs.summaries) if stacks_copies(config) else runs.table(runs.summaries)
 
 
@@ -435,3 +440,4 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*will run with no optimizer.*")  # hand-written updates, on purpose
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own checkpoints
+    warnings.filterwarnings("ignore", message=".*Encountered `nan` values.*")  # a divergence has its own line

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from jsonargparse import Namespace
 
 from mlnet_lightning.cli import RunsSoFar, build_parser, parse, prepare, run_training
-from mlnet_lightning.runs import train_one
+from mlnet_lightning.runs import train_one, train_or_keep
 from mlnet_lightning.tables import format_table
 
 COLUMNS = ("run", "data", "model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds")
@@ -58,8 +58,9 @@ def compare(argv: list[str], runs: RunsSoFar) -> str:
             run_name = Path(path).stem if path and len(models) == 1 else name
             planned.append(Run(run_name, data, name, model_class, config))
     runs.table = lambda summaries: comparison_table(planned, summaries)
+    train = train_or_keep if len(planned) > 1 else train_one
     for run in planned:
-        runs.summaries.append(train_one(run.network, run.network_class, run.config, parser, run.name))
+        runs.summaries.append(train(run.network, run.network_class, run.config, parser, run.name))
     return runs.table(runs.summaries)
 
 

@@ -37,6 +37,7 @@ from mlnet_lightning.checkpoints import (
     RunCheckpoint,
     RunConfig,
     RunLogger,
+    ended_run,
     plan_resume,
 )
 from mlnet_lightning.data import ClassificationData
@@ -193,6 +194,24 @@ def train_one(
     finally:
         if resume is not None:
             resume.release()
+
+
+def train_or_keep(
+    name: str,
+    model_class: type[L.LightningModule],
+    config: Namespace,
+    parser: LightningArgumentParser,
+    run_name: str | None = None,
+    **train_options: Any,
+) -> dict[str, Any]:
+    """train_one for a command of several networks: with `--ckpt_path last`, a network whose run has already
+    ended at --max_epochs keeps it (its summary.json), so that the same command finishes what a stop left."""
+    runs_dir = Path(config.default_root_dir) / (run_name or name)
+    kept = ended_run(config.ckpt_path, runs_dir, config.max_epochs)
+    if kept is None:
+        return train_one(name, model_class, config, parser, run_name, **train_options)
+    print(f"train.py: note: {runs_dir} ended at {config.max_epochs} epochs already; keeping it", file=sys.stderr)
+    return kept
 
 
 def fit(

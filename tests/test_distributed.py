@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from mlnet_lightning.checkpoints import read_checkpoint
 from mlnet_lightning.cli import main
 from mlnet_lightning.data import BlobData, process_share
 from tests.conftest import run_script, train
@@ -34,6 +35,9 @@ def test_two_ddp_processes_end_where_one_process_does(tmp_path):
     assert result.stdout.count("sequential") == 1  # the table is printed by rank 0 only
     assert [p.name for p in (two_root / "sequential").iterdir()] == ["version_0"]
     assert (two_root / "sequential" / "version_0" / "decision_boundary.png").exists()  # drawn by rank 0
+    # The bar reads metrics DDP reduces: every rank joins (rank 0 alone hung forever), and it draws to its end.
+    assert "300/300" in result.stderr
+    assert read_checkpoint(two_root / "sequential" / "version_0" / "checkpoints" / "last.ckpt")["epoch"] == 300
     two = json.loads((two_root / "sequential" / "version_0" / "summary.json").read_text())
     assert two["epochs"] == one["epochs"] == 300
     for key in ("initial_loss", "final_loss", "train_acc", "val_acc"):

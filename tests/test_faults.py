@@ -107,14 +107,15 @@ def test_the_known_case_resumes_exactly(tmp_path):
     assert outcome(run_folder(tmp_path / "parts")) == outcome(run_folder(tmp_path / "whole"))
 
 
-@pytest.mark.parametrize("max_epochs", ["150", "200"])
+# `--model all` keeps a run that ended at --max_epochs (tests/test_never_lost.py): fewer epochs are refused.
+@pytest.mark.parametrize(("model", "max_epochs"), [("all", "150"), ("linear", "150"), ("linear", "200")])
 def test_resuming_to_no_more_epochs_than_the_checkpoint_holds_is_refused_before_anything_is_written(
-    tmp_path, capsys, max_epochs
+    tmp_path, capsys, model, max_epochs
 ):
     train(tmp_path, "--model", "linear", *CADENCE, "--max_epochs", "200")  # last.ckpt holds 200 epochs
     before = tree(tmp_path)
     capsys.readouterr()
-    argv = ["--default_root_dir", str(tmp_path), "--model", "all", *CADENCE, "--ckpt_path", "last"]
+    argv = ["--default_root_dir", str(tmp_path), "--model", model, *CADENCE, "--ckpt_path", "last"]
     assert main([*argv, "--max_epochs", max_epochs]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0

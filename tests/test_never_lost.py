@@ -1,4 +1,5 @@
-"""No run lost or misreported on the paths users take: DDP with the defaults on, last.ckpt where any run
+"""No run lost or misreported on the paths users take (DDP with the defaults on: tests/test_distributed.py),
+last.ckpt where any run
 ended, whole files under kills and full disks, one writer per run folder, damaged checkpoints. Each
 runs train.py as a user does, in a process of its own."""
 
@@ -19,6 +20,7 @@ import torch
 
 from mlnet_lightning.checkpoints import CheckpointError, read_checkpoint
 from mlnet_lightning.files import atomic_writer
+from mlnet_lightning.models import TUTORIAL_MODELS
 from tests.conftest import ONE_THREAD_ENV, ROOT, run_script
 from tests.test_faults import outcome, run_folder, scalars, train_py, tree
 
@@ -76,17 +78,6 @@ def other_filesystem(tmp_path) -> Iterator[Path]:
         yield folder
 
 
-def test_ddp_with_the_progress_bar_pictures_and_checkpoints_on_ends(tmp_path):
-    """The README's DDP command, defaults on: the progress bar reads metrics that DDP reduces, on every rank."""
-    ddp = ["--max_epochs", "120", "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "--pictures", "true"]
-    result = train_to_end(tmp_path, *SHORT, *ddp)
-    run_dir = run_folder(tmp_path)
-    assert summary(run_dir)["epochs"] == 120
-    assert "120/120" in result.stderr  # the bar drew to its end
-    assert (run_dir / "decision_boundary.png").is_file()
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 120
-
-
 def test_a_collective_only_some_ranks_join_ends_at_the_timeout_in_one_line(tmp_path):
     ddp = ["--strategy", "DDPStrategy", "--strategy.timeout", "0:00:10", "--devices", "2", "--accelerator", "cpu"]
     mistake = ("--callbacks", "tests.user_callbacks.CollectiveOnRankZero")
@@ -118,17 +109,15 @@ def test_last_ckpt_is_where_the_run_ended_and_evaluates_to_its_summary(tmp_path,
 
 
 def test_a_finished_run_continues_with_a_larger_max_epochs_as_if_it_had_never_stopped(tmp_path):
-    train_to_end(tmp_path / "parts", *SHORT, "--max_epochs", "300")
-    resumed = train_to_end(tmp_path / "parts", *SHORT, "--max_epochs", "600", "--ckpt_path", "last")
+    train_to_end(tmp_path, *SHORT, "--max_epochs", "300")
+    resumed = train_to_end(tmp_path, *SHORT, "--max_epochs", "600", "--ckpt_path", "last")
     assert "starting a new run" not in resumed.stderr
-    train_to_end(tmp_path / "whole", *SHORT, "--max_epochs", "600")
-    assert outcome(run_folder(tmp_path / "parts")) == outcome(run_folder(tmp_path / "whole"))
-    # The config of the resumed run reruns it from the start, as the README says.
-    config = run_folder(tmp_path / "parts") / "config.yaml"
+    # The config of the resumed run reruns it from the start, as the README says: the uninterrupted run.
+    config = run_folder(tmp_path) / "config.yaml"
     assert "ckpt_path: null" in config.read_text()
     shutil.copy(config, tmp_path / "rerun.yaml")
-    train_to_end(tmp_path / "parts", "--config", str(tmp_path / "rerun.yaml"))
-    assert summary(run_folder(tmp_path / "parts").with_name("version_1")) == summary(run_folder(tmp_path / "whole"))
+    train_to_end(tmp_path, "--config", str(tmp_path / "rerun.yaml"))
+    assert outcome(run_folder(tmp_path)) == outcome(run_folder(tmp_path).with_name("version_1"))
 
 
 def test_a_reader_never_meets_half_a_checkpoint_with_tmpdir_on_another_filesystem(tmp_path, other_filesystem):
@@ -151,16 +140,16 @@ def test_a_reader_never_meets_half_a_checkpoint_with_tmpdir_on_another_filesyste
 
 
 def test_kill_9_at_random_instants_loses_and_duplicates_no_point(tmp_path, other_filesystem):
-    """Five SIGKILLs at random instants of a run that checkpoints every epoch (so most land in or near a
+    """Three SIGKILLs at random instants of a run that checkpoints every epoch (so most land in or near a
     checkpoint's write), each followed by `--ckpt_path last`: each last.ckpt left is whole, and the
     curves end with every epoch once, equal to an uninterrupted run's."""
-    run = (*SHORT, "--max_epochs", "300", "--checkpoint_every", "1")
+    run = (*SHORT, "--max_epochs", "200", "--checkpoint_every", "1")
     root = tmp_path / "parts"
     last = run_folder(root) / "checkpoints" / "last.ckpt"
     rng = random.Random(0)
     env = {**ONE_THREAD_ENV, "TMPDIR": str(other_filesystem)}
     command = [*TRAIN_PY, "--enable_progress_bar", "false", *run, "--default_root_dir", str(root)]
-    for attempt in range(5):
+    for attempt in range(3):
         resume = ["--ckpt_path", "last"] if attempt else []
         victim = subprocess.Popen(
             [*command, *resume], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -173,12 +162,12 @@ def test_kill_9_at_random_instants_loses_and_duplicates_no_point(tmp_path, other
         time.sleep(rng.uniform(0.0, 0.3))
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        read_checkpoint(last)  # whole
-        assert not list(last.parent.glob("*.part"))  # a kill can leave a temporary file; it is not a checkpoint
+        read_checkpoint(last)  # whole; a kill mid-write leaves a temporary file beside it, never in its place
     subprocess.run([*command, "--ckpt_path", "last"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert not list(run_folder(root).rglob("*.part"))  # the resumed run's writer deleted what the kills left
     train_to_end(tmp_path / "whole", *run)
     parts, whole = scalars(run_folder(root)), scalars(run_folder(tmp_path / "whole"))
-    assert [step for step, _ in parts["train/loss"]] == list(range(300))
+    assert [step for step, _ in parts["train/loss"]] == list(range(200))
     assert parts == whole
     assert summary(run_folder(root)) == summary(run_folder(tmp_path / "whole"))
 
@@ -219,8 +208,58 @@ def test_a_second_resume_of_a_run_in_training_is_refused_in_one_line(tmp_path):
     first.send_signal(signal.SIGKILL)  # a killed writer leaves no lock behind
     first.wait()
     trained = read_checkpoint(events / "checkpoints" / "last.ckpt")["epoch"]
+    half_written = events / "checkpoints" / ".last-pending.ckpt.k1ll3d.part"  # as a kill mid-write leaves one
+    half_written.write_bytes(b"PK\x03\x04")
     train_to_end(tmp_path, *SHORT, "--max_epochs", str(trained + 100), "--ckpt_path", "last")
     assert summary(events)["final_loss"] is not None
+    assert not half_written.exists()  # the next writer of the run folder deletes it
+
+
+def test_all_networks_stopped_after_one_ended_resume_with_the_same_command_keeping_it(tmp_path):
+    """SIGTERM once the first of the networks training in parallel has ended, then the same command with
+    --ckpt_path last: the ended run is kept as it is, the stopped ones go on from their checkpoints."""
+    run = ("--max_epochs", "300", "--check_val_every_n_epoch", "100", "--pictures", "false", "--checkpoint_every", "1")
+    parts = tmp_path / "parts"
+    command = [*TRAIN_PY, *run, "--default_root_dir", str(parts)]
+    stopped = subprocess.Popen(
+        command, cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (ended := sorted(path.parent.parent.name for path in parts.glob("*/version_0/summary.json"))):
+        assert stopped.poll() is None and time.monotonic() < deadline, "no network ended in time"
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 143
+    ended = sorted(path.parent.parent.name for path in parts.glob("*/version_0/summary.json"))
+    kept = {name: tree(run_folder(parts, name)) for name in ended}
+    continued = next(name for name in TUTORIAL_MODELS if name not in ended and (parts / name).exists())
+    resumed = train_to_end(parts, *run, "--ckpt_path", "last")
+    for name in ended:
+        assert f"{parts / name} ended at 300 epochs already; keeping it" in resumed.stderr
+        assert tree(run_folder(parts, name)) == kept[name]  # not a byte written
+    assert [line.split()[0] for line in resumed.stdout.splitlines()[1:6]] == list(TUTORIAL_MODELS)
+    train_to_end(tmp_path / "whole", *run, "--model", continued)
+    assert summary(run_folder(parts, continued)) == summary(run_folder(tmp_path / "whole", continued))
+
+
+def test_a_stop_in_the_last_epoch_leaves_a_run_that_has_ended(tmp_path):
+    """The last epoch runs to its end either way: the run has its summary.json, and is not continued."""
+    stop = ("--callbacks", "tests.user_callbacks.SigtermAt", "--callbacks.epoch", "99")
+    stopped = run_train_py(tmp_path, *SHORT, "--max_epochs", "100", *stop)
+    assert stopped.returncode == 143, stopped.stderr
+    run_dir = run_folder(tmp_path)
+    assert summary(run_dir)["epochs"] == read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 100
+    again = run_train_py(tmp_path, *SHORT, "--max_epochs", "100", "--ckpt_path", "last")
+    assert again.returncode == 2
+    assert "has trained 100 epochs already; give more than 100 to continue it" in error_line(again.stderr)
+
+
+@pytest.fixture(scope="module")
+def trained_100_epochs(tmp_path_factory) -> Path:
+    """A log root holding one finished 100-epoch run, to be copied."""
+    root = tmp_path_factory.mktemp("trained")
+    train_to_end(root, *SHORT, "--max_epochs", "100")
+    return root
 
 
 @pytest.mark.parametrize(
@@ -231,8 +270,10 @@ def test_a_second_resume_of_a_run_in_training_is_refused_in_one_line(tmp_path):
     ],
     ids=["shape", "missing"],
 )
-def test_a_damaged_checkpoint_is_refused_in_one_line_before_anything_is_written(tmp_path, damage, named):
-    train_to_end(tmp_path, *SHORT, "--max_epochs", "100")
+def test_a_damaged_checkpoint_is_refused_in_one_line_before_anything_is_written(
+    tmp_path, trained_100_epochs, damage, named
+):
+    shutil.copytree(trained_100_epochs, tmp_path, dirs_exist_ok=True)
     last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     damage(checkpoint["state_dict"])

@@ -29,3 +29,17 @@ class CollectiveOnRankZero(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == 3 and trainer.is_global_zero:
             dist.all_reduce(torch.ones(1))
+
+
+class SigtermAt(L.Callback):
+    """Sends this process SIGTERM as epoch `epoch` starts, as a cluster's stop may come at any epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        return self.epoch - 1 if epoch <= self.epoch else None  # the fast path sees epoch ends only
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
