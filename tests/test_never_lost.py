@@ -254,6 +254,24 @@ def test_a_stop_in_the_last_epoch_leaves_a_run_that_has_ended(tmp_path):
     assert "has trained 100 epochs already; give more than 100 to continue it" in error_line(again.stderr)
 
 
+def test_two_resumes_started_together_train_the_run_once(tmp_path, trained_100_epochs):
+    """Whichever takes the run folder first trains it; the other is refused in one line, exit 2 (by the
+    lock, or, if the first has already ended, as a run with no epochs left to train)."""
+    shutil.copytree(trained_100_epochs, tmp_path, dirs_exist_ok=True)
+    run = (*SHORT, "--max_epochs", "1100", "--ckpt_path", "last", "--default_root_dir", str(tmp_path))
+    together = [subprocess.Popen([*TRAIN_PY, *run], cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    errors = [process.communicate(timeout=300)[1] for process in together]
+    ended = [(process.returncode, stderr) for process, stderr in zip(together, errors)]
+    assert sorted(status for status, _ in ended) == [0, 2]
+    refused = next(stderr for status, stderr in ended if status == 2)
+    assert re.search(r"is being trained by another process|has trained 1100 epochs already", error_line(refused))
+    run_dir = run_folder(tmp_path)
+    assert summary(run_dir)["epochs"] == 1100 and summary(run_dir)["final_loss"] is not None
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # the first run's and one resume's
+    assert [step for step, _ in scalars(run_dir)["train/loss"]] == list(range(1100))
+
+
 @pytest.fixture(scope="module")
 def trained_100_epochs(tmp_path_factory) -> Path:
     """A log root holding one finished 100-epoch run, to be copied."""
