@@ -227,7 +227,12 @@ def test_a_killed_worker_fails_the_command_and_stops_the_others(tmp_path):
 
 def test_the_workers_stop_when_the_parent_is_killed(tmp_path):
     parent = start(tmp_path, *ALL_AT_ONCE)
-    wait_for(lambda: last_checkpoint(tmp_path, "scratch").exists() and len(workers(parent.pid)) == 2, parent)
+
+    def both_training() -> bool:  # past start-up, with a checkpoint each: a worker still starting has none to keep
+        checkpoints = all(last_checkpoint(tmp_path, name).exists() for name in ("scratch", "functional"))
+        return checkpoints and len(workers(parent.pid)) == 2
+
+    wait_for(both_training, parent)
     pids = workers(parent.pid)
     parent.kill()  # SIGKILL: the parent can do nothing; the kernel tells its workers
     parent.communicate(timeout=60)  # returns once the workers, which hold its output pipes, have ended
