@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.signals import run_command
+from mlnet_lightning.commands import compare
 
 if __name__ == "__main__":
-    sys.exit(run_command("compare.py", "mlnet_lightning.compare"))
+    sys.exit(compare())

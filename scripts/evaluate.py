@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.signals import run_command
+from mlnet_lightning.commands import evaluate
 
 if __name__ == "__main__":
-    sys.exit(run_command("evaluate.py", "mlnet_lightning.inference", "evaluate_main"))
+    sys.exit(evaluate())

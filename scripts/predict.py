@@ -3,7 +3,7 @@
 
 import sys
 
-from mlnet_lightning.signals import run_command
+from mlnet_lightning.commands import predict
 
 if __name__ == "__main__":
-    sys.exit(run_command("predict.py", "mlnet_lightning.inference", "predict_main"))
+    sys.exit(predict())

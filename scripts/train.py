@@ -2,7 +2,7 @@
 
 import sys
 
-from mlnet_lightning.signals import run_command
+from mlnet_lightning.commands import train
 
 if __name__ == "__main__":
-    sys.exit(run_command("train.py", "mlnet_lightning.cli"))
+    sys.exit(train())

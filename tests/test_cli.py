@@ -1,12 +1,15 @@
 """The command line as a user meets it: help, configs, errors, devices, and networks of one's own."""
 
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import yaml
 
 from mlnet_lightning.runs import validation_every
-from tests.conftest import run_script, train
+from tests.conftest import ONE_THREAD_ENV, run_script, train
 
 
 def test_help_lists_the_models_and_trainer_options():
@@ -126,3 +129,25 @@ def test_the_default_validation_cadence_follows_the_runs_length():
     lengths |= {(10_000, 500): 10, (-1, 3_000): 100, (-1, -1): 1000, (None, -1): 1000, (300, 100_000): 10}
     for (max_epochs, max_steps), every in lengths.items():
         assert validation_every(max_epochs, max_steps) == every, (max_epochs, max_steps)
+
+
+def test_the_installed_commands_and_python_m_run_the_scripts(tmp_path, linear_run):
+    """`mlnet-train` (pip's console script) and `python -m mlnet_lightning` are train.py; the others as theirs."""
+    commands = Path(sys.executable).parent
+    options = ["--model", "linear", "--max_epochs", "20", "--enable_progress_bar", "false"]
+    for command, root in [
+        ([str(commands / "mlnet-train")], "installed"),
+        ([sys.executable, "-m", "mlnet_lightning"], "m"),
+    ]:
+        done = subprocess.run([*command, *options, "--default_root_dir", str(tmp_path / root)], capture_output=True,
+                              text=True, cwd=tmp_path, env=ONE_THREAD_ENV, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[1].startswith("linear ")
+        assert (tmp_path / root / "linear" / "version_0" / "summary.json").is_file()
+    ckpt = str(linear_run / "checkpoints" / "last.ckpt")
+    evaluated = subprocess.run([str(commands / "mlnet-evaluate"), "--ckpt", ckpt], capture_output=True, text=True,
+                               cwd=tmp_path)  # fmt: skip
+    assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout, evaluated.stderr
+    refused = subprocess.run([str(commands / "mlnet-train"), "--no_such_option", "5"], capture_output=True, text=True,
+                             cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "train.py: error:" in refused.stderr
