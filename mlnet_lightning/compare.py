@@ -20,7 +20,7 @@ from mlnet_lightning.cli import RunsSoFar, build_parser, parse, prepare, run_tra
 from mlnet_lightning.runs import train_one, train_or_keep
 from mlnet_lightning.tables import format_table
 
-COLUMNS = ("run", "data", "model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds")
+COLUMNS = ("run", "data", "model", "initial_loss", "final_loss", "train_acc", "val_acc", "epochs", "fit_seconds")
 
 
 class Run(NamedTuple):

@@ -7,7 +7,8 @@ from typing import Any
 
 from mlnet_lightning.reference import TUTORIAL, TUTORIAL_WITH_LOGITS
 
-SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device")
+# epochs: those trained, so that a run stopped early (EarlyStopping, --max_time, a signal) shows it.
+SUMMARY_COLUMNS = ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "epochs", "fit_seconds", "device")
 
 
 def format_table(
@@ -24,7 +25,7 @@ def format_table(
         rows.append(tuple(_cell(summary.get(c), c) for c in columns))
         reference = references.get(summary["model"])
         if tutorial_rows and reference is not None and summary["epochs"] == 10_000:
-            reference = {**reference, columns[0]: "  tutorial"}
+            reference = {**reference, columns[0]: "  tutorial", "epochs": 10_000}
             rows.append(tuple(_cell(reference.get(c), c) for c in columns))
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -96,12 +96,14 @@ def test_a_collective_only_some_ranks_join_ends_at_the_timeout_in_one_line(tmp_p
     ],
 )
 def test_last_ckpt_is_where_the_run_ended_and_evaluates_to_its_summary(tmp_path, ended_by, options):
-    train_to_end(tmp_path, *SHORT, *options)
+    table = train_to_end(tmp_path, *SHORT, *options).stdout
     run_dir = run_folder(tmp_path)
     ended = summary(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     expected = {"max_epochs": 300, "EarlyStopping": 100, "max_steps": 333}[ended_by]
     assert read_checkpoint(last)["epoch"] == ended["epochs"] == expected
+    header, row = (line.split() for line in table.splitlines())
+    assert dict(zip(header, row))["epochs"] == str(expected)  # the table shows an early stop
     if ended_by != "max_steps":  # these end at a validation: its accuracy is that of the last weights
         evaluated = run_script("evaluate.py", "--ckpt", str(last))
         assert evaluated.returncode == 0, evaluated.stderr
