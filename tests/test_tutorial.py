@@ -1,20 +1,26 @@
 """The five networks against the tutorial's numbers and an independent plain PyTorch loop."""
 
+import shlex
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
+from tensorboard import program
+from tensorboard.backend.event_processing.data_ingester import LocalDataIngester
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.context import RequestContext
+from tensorboard.data.provider import RunTagFilter
 
 from mlnet_lightning.baseline import fit_plain, fit_tutorial, hand_cross_entropy, tutorial_network
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.models import TUTORIAL_MODELS
 from mlnet_lightning.reference import LOGITS_FIX, TUTORIAL
-from tests.conftest import train
+from tests.conftest import ROOT, train
 
 SUMMARY_KEYS = {"model", "epochs", "initial_loss", "final_loss", "train_acc", "val_acc", "fit_seconds", "device"}
 
@@ -124,6 +130,33 @@ def test_tensorboard_has_a_point_per_epoch(tmp_path):
     scalars = read_scalars(tmp_path / "linear" / "version_0")
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert [step for step, _ in scalars[tag]] == list(range(250)), tag
+
+
+def tensorboard_points(root: Path, argv: list[str]) -> list[int]:
+    """The steps of sequential's train/loss as a TensorBoard started with `argv` serves them (its own flags,
+    ingestion and data provider; loaded once, in this thread)."""
+    board = program.TensorBoard()
+    board.configure(argv=["tensorboard", *argv, "--reload_interval", "0", "--reload_task", "blocking"])
+    ingester = LocalDataIngester(board.flags)
+    ingester.start()
+    served = ingester.data_provider.read_scalars(
+        RequestContext(),
+        experiment_id="",
+        plugin_name="scalars",
+        downsample=board.flags.samples_per_plugin.get("scalars", 1000),  # the scalars plugin's own default
+        run_tag_filter=RunTagFilter(tags=["train/loss"]),
+    )
+    return [datum.step for datum in served["sequential/version_0"]["train/loss"]]
+
+
+def test_the_readmes_tensorboard_command_shows_every_point(tutorial_runs):
+    root, _ = tutorial_runs
+    lines = (ROOT / "README.md").read_text().splitlines()
+    command = next(line for line in lines if line.startswith(".venv/bin/tensorboard --logdir lightning_logs"))
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--logdir") + 1] = str(root)
+    assert tensorboard_points(root, argv) == list(range(10_000))
+    assert len(tensorboard_points(root, ["--logdir", str(root)])) == 1000  # what TensorBoard shows by default
 
 
 def test_validation_points_every_check_val_every_n_epoch_epochs(tutorial_runs):
