@@ -201,11 +201,25 @@ def load_from_working_directory(checkpoint: str) -> tuple[L.LightningModule, L.L
     return load_run(checkpoint)
 
 
+CKPT_HELP = "a checkpoint written by train.py, or 'last': the newest last.ckpt of the runs under ./lightning_logs"
+
+
+def checkpoint_path(ckpt: str) -> str:
+    """--ckpt as given, or for `last` the most recently written last.ckpt under ./lightning_logs (train.py's
+    default log folder, its comparisons included)."""
+    if ckpt != "last":
+        return ckpt
+    written = list(Path("lightning_logs").rglob("last.ckpt"))
+    if not written:
+        raise ValueError(f"--ckpt last: no run under {Path.cwd() / 'lightning_logs'} has a last.ckpt; give its path")
+    return str(max(written, key=lambda path: path.stat().st_mtime))
+
+
 def evaluate_main(argv: list[str] | None = None) -> int:
     """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV. A
     checkpoint of stacked copies (train.py --seeds / --lrs) gets a line per copy, then their means."""
     parser = ArgumentParser(prog="evaluate.py", description=evaluate_main.__doc__, exit_on_error=False)
-    parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--ckpt", type=str, required=True, help=CKPT_HELP)
     parser.add_argument(
         "--data",
         type=str | None,
@@ -214,6 +228,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
+        args.ckpt = checkpoint_path(args.ckpt)
         model, data = load_from_working_directory(args.ckpt)
         if args.data is None:
             chunks, source = [(data.x_val, data.y_val)], "the validation split"
@@ -248,7 +263,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     checkpoint of stacked copies (train.py --seeds / --lrs): those of the copies' mean probabilities
     (their ensemble), or of one copy with --copy."""
     parser = ArgumentParser(prog="predict.py", description=predict_main.__doc__, exit_on_error=False)
-    parser.add_argument("--ckpt", type=str, required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--ckpt", type=str, required=True, help=CKPT_HELP)
     parser.add_argument(
         "--copy",
         type=NonNegativeInt | None,
@@ -262,6 +277,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
+        args.ckpt = checkpoint_path(args.ckpt)
         model, data = load_from_working_directory(args.ckpt)
         if args.copy is not None and not isinstance(model, StackedCopies):
             raise ValueError(f"--copy {args.copy}: {args.ckpt} holds one network, not stacked copies")

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from mlnet_lightning.data import BlobData
 from mlnet_lightning.inference import CHUNK_ROWS, evaluate_main, predict_main
 from mlnet_lightning.models import Linear, Sequential
 from mlnet_lightning.models.base import as_probabilities
+from tests.conftest import run_script
 from tests.test_tutorial import read_scalars
 
 
@@ -105,3 +109,31 @@ def test_evaluate_on_a_csv_of_the_validation_split_prints_its_numbers(checkpoint
         assert report["loss"] == validation["loss"]
     else:
         assert float(report["loss"]) == pytest.approx(float(validation["loss"]), abs=2e-6)
+
+
+def test_ckpt_last_is_the_newest_runs_last_checkpoint_under_lightning_logs(tmp_path):
+    """As a user runs them from a folder of theirs: train.py's logs go to ./lightning_logs, where
+    `--ckpt last` finds the run written last."""
+    options = ["--max_epochs", "100", "--checkpoint_every", "50", "--enable_progress_bar", "false"]
+    assert run_script("train.py", "--model", "sequential", *options, cwd=tmp_path).returncode == 0
+    newest = tmp_path / "lightning_logs" / "sequential" / "version_0" / "checkpoints" / "last.ckpt"
+    older = tmp_path / "lightning_logs" / "compare" / "sequential" / "version_0"  # a run written an hour earlier
+    shutil.copytree(newest.parent.parent, older)
+    os.utime(older / "checkpoints" / "last.ckpt", (newest.stat().st_mtime - 3600,) * 2)
+    by_name, by_path = (run_script("evaluate.py", "--ckpt", ckpt, cwd=tmp_path) for ckpt in ("last", str(newest)))
+    assert by_name.returncode == 0, by_name.stderr
+    assert (
+        by_name.stdout.splitlines()[0]
+        == f"checkpoint  {Path('lightning_logs/sequential/version_0/checkpoints/last.ckpt')} (Sequential)"
+    )
+    assert by_name.stdout.splitlines()[1:] == by_path.stdout.splitlines()[1:]
+    (tmp_path / "points.csv").write_text("0.5,0.5\n")
+    predicted = run_script("predict.py", "--ckpt", "last", "--input", "points.csv", "--output", "-", cwd=tmp_path)
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr  # header, point
+    (tmp_path / "elsewhere").mkdir()
+    refused = run_script("evaluate.py", "--ckpt", "last", cwd=tmp_path / "elsewhere")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"evaluate.py: error: --ckpt last: no run under {tmp_path / 'elsewhere' / 'lightning_logs'} has a last.ckpt; "
+        "give its path\n"
+    )
