@@ -19,3 +19,7 @@ def evaluate() -> int:
 
 def predict() -> int:
     return run_command("predict.py", "mlnet_lightning.inference", "predict_main")
+
+
+def export() -> int:
+    return run_command("export.py", "mlnet_lightning.export")

@@ -54,6 +54,8 @@ class TutorialModule(L.LightningModule):
     """
 
     fast_path = True
+    # Properties that torch.jit.script (to_torchscript) must not compile: only training reads them.
+    __jit_unused_properties__ = [*L.LightningModule.__jit_unused_properties__, "updates_by_hand"]
 
     def __init__(
         self,
@@ -82,6 +84,8 @@ class TutorialModule(L.LightningModule):
         if not lr > 0:
             raise ValueError(f"lr must be a positive number, got {lr}")
         self.save_hyperparameters()
+        # forward reads this, not self.hparams, which TorchScript (to_torchscript) cannot compile.
+        self.logits = logits
         if self.updates_by_hand and (optimizer or lr_scheduler):
             name = type(self).__name__.lower()
             raise ValueError(f"{name} updates its tensors by hand, as its tutorial section does: it takes no optimizer")

@@ -20,4 +20,4 @@ class Linear(TutorialModule):
         a1 = self.lin1(x)
         h1 = a1.sigmoid()
         a2 = self.lin2(h1)
-        return a2 if self.hparams.logits else softmax(a2)
+        return a2 if self.logits else softmax(a2)

@@ -32,10 +32,10 @@ class Scratch(TutorialModule):
         a1 = torch.matmul(x, self.weights1) + self.bias1
         h1 = a1.sigmoid()
         a2 = torch.matmul(h1, self.weights2) + self.bias2
-        return a2 if self.hparams.logits else softmax(a2)
+        return a2 if self.logits else softmax(a2)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        if self.hparams.logits:
+        if self.logits:
             output = output.softmax(-1)
         # torch.arange where the tutorial writes range(): indexing with a Python range converts it
         # element by element, a third of this network's epoch.
