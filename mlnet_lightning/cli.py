@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import gc
 import inspect
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import lightning.pytorch.callbacks
 import torch
 from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
@@ -26,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LRScheduler
 
+from mlnet_lightning import data as data_module
 from mlnet_lightning.callbacks import RunInterrupted
 from mlnet_lightning.checkpoints import (
     CannotWrite,
@@ -71,7 +74,22 @@ CLASS_EXAMPLES = {
     "data": "BlobData, MoonsData, CirclesData",
     "optimizer": "SGD, Adam, AdamW, RMSprop",
     "lr_scheduler": "StepLR, ExponentialLR, CosineAnnealingLR",
+    "callbacks": "EarlyStopping, ModelCheckpoint, LearningRateMonitor",
 }
+# The classes a class option takes by name, for "did you mean".
+CLASS_MODULES = {
+    "data": (data_module, ClassificationData),
+    "optimizer": (torch.optim, torch.optim.Optimizer),
+    "lr_scheduler": (torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler),
+    "callbacks": (lightning.pytorch.callbacks, L.Callback),
+}
+
+
+def class_names(option: str) -> list[str]:
+    module, base = CLASS_MODULES[option]
+    return [name for name, value in vars(module).items() if inspect.isclass(value) and issubclass(value, base)]
+
+
 # Lines of jsonargparse's messages about the other types an option accepts, not about the mistake.
 JSONARGPARSE_NOISE = (
     "Expected a path but",
@@ -190,15 +208,75 @@ def appending_repeats(argv: list[str]) -> list[str]:
     return rewritten
 
 
+# LightningCLI's other subcommands, and where this project does them.
+OTHER_STAGES = {
+    "validate": "to validate a trained network: evaluate.py --ckpt PATH (or last)",
+    "test": "to test a trained network: evaluate.py --ckpt PATH --data points.csv",
+    "predict": "to predict: predict.py --ckpt PATH --input points.csv --output predictions.csv",
+}
+
+
+def option_names(parser: LightningArgumentParser) -> list[str]:
+    """Every option's name as written on the command line (`data.n_samples`, not its init_args key)."""
+    return [key.replace(".init_args.", ".") for key in parser.get_defaults().keys()]  # noqa: SIM118 (a Namespace)
+
+
+def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    """`; did you mean <prefix>X?` for the choices nearest to a misspelt `word`, or nothing."""
+    nearest = difflib.get_close_matches(word.lower(), [choice.lower() for choice in choices], n=3, cutoff=0.6)
+    by_lower = {choice.lower(): choice for choice in choices}
+    return f"; did you mean {' or '.join(prefix + by_lower[name] for name in nearest)}?" if nearest else ""
+
+
+def unrecognized(arguments: list[str], names: list[str]) -> str:
+    """The first unknown option, with the spelling this command takes: Trainer options at the top level
+    (LightningCLI's --trainer.X), underscores (--max-epochs), or the nearest names."""
+    argument = next((arg for arg in arguments if arg.startswith("--")), arguments[0])
+    name = argument.removeprefix("--").partition("=")[0]
+    if name.startswith("trainer.") and name.removeprefix("trainer.") in names:
+        hint = f"; the Trainer's options are top-level here: --{name.removeprefix('trainer.')}"
+    elif name.startswith("model.") and name not in names:
+        hint = "; the networks' options are top-level (--lr, --logits, --seed) or --mlp.* for mlp"
+    elif name.replace("-", "_") in names:
+        hint = f"; did you mean --{name.replace('-', '_')}?"
+    else:
+        hint = did_you_mean(name, names, prefix="--")
+    if not argument.startswith("--"):
+        return f"unrecognized argument {argument!r} (options start with --)"
+    return f"unrecognized option {argument}{hint}"
+
+
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
     """The options, and the networks they name; raises ArgumentError or UsageError."""
     argv = appending_repeats(sys.argv[1:] if argv is None else argv)
+    model_option = next((arg for arg in argv if arg.startswith("--model.")), None)
+    if model_option is not None:
+        raise UsageError(
+            f"{model_option.partition('=')[0]}: the networks take their options at the top level "
+            "(--lr, --logits, --seed; --mlp.hidden, --mlp.activation, --mlp.init for mlp), not as --model.*"
+        )
     if any(arg.startswith("--logger.") and "save_dir" in arg for arg in argv):
         raise UsageError("--logger.save_dir: loggers write under --default_root_dir: give that instead")
     for old, new in RENAMED.items():
         if any(arg.partition("=")[0] == old for arg in argv):
             raise UsageError(f"{old} is gone: Lightning's {new} says it (an epoch is one pass over the data)")
-    config = parser.parse_args(argv)
+    if argv and argv[0] == "fit":  # LightningCLI's subcommand for what train.py does
+        argv = argv[1:]
+    elif argv and argv[0] in OTHER_STAGES:
+        raise UsageError(f"{argv[0]}: train.py fits (LightningCLI's fit); {OTHER_STAGES[argv[0]]}")
+    try:
+        config = parser.parse_args(argv)
+    except ArgumentError as error:
+        unknown = re.match(r"unrecognized arguments: (.*)", str(error), re.IGNORECASE)
+        not_accepted = re.search(r"class_path '[\w.]*?(\w+)':\s+Option '(\w+)' is not accepted", str(error))
+        if not_accepted and str(error).startswith('Parser key "data"'):
+            data_class, name = not_accepted.groups()
+            options = inspect.signature(getattr(data_module, data_class, ClassificationData)).parameters
+            hint = did_you_mean(name, [option for option in options if option != "kwargs"], "--data.")
+            raise UsageError(f"--data.{name}: {data_class} takes no such option{hint}") from None
+        if unknown is None:
+            raise
+        raise UsageError(unrecognized(unknown.group(1).split(), option_names(parser))) from None
     check_ranges(config)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
@@ -327,8 +405,15 @@ def one_line(error: Exception) -> str:
         unknown = re.match(r"Expected a dot import path string: (\S+)", reason)
         if unknown and option in CLASS_EXAMPLES:
             examples = CLASS_EXAMPLES[option]
-            return f"--{option}: unknown class {unknown.group(1)!r}: give a name such as {examples}, or an import path"
+            given = unknown.group(1)
+            nearest = did_you_mean(given, class_names(option))
+            hint = nearest or f": give a name such as {examples}, or an import path"
+            return f"--{option}: unknown class {given!r}{hint}"
     message = " ".join(reasons)
+    not_a_list = re.search(r"Expected a <class 'list'>\. Got value: (\S+,\S*)", message)
+    if not_a_list and not not_a_list.group(1).startswith("["):
+        value = not_a_list.group(1)
+        return f"--{option}: {value} is not a list; write it in brackets: --{option} [{value}]"
     if given and not re.search(rf"(?<![\w.<>=-]){re.escape(given)}(?![\w.-])", message):  # not echoed already
         message += f" (given {given})"
     return f"--{option}: {message}"

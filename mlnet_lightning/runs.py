@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -85,9 +86,10 @@ def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
     in_file = ":" in name
     location, _, class_name = name.rpartition(":" if in_file else ".")
     if not location or (in_file and not location.endswith(".py")):
-        raise UsageError(
-            f"unknown model {name!r}: choose {', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
-        )
+        nearest = difflib.get_close_matches(name, [*MODELS, "all"], n=1)
+        hint = f"did you mean {nearest[0]!r}? Or choose" if nearest else "choose"
+        choices = f"{', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
+        raise UsageError(f"unknown model {name!r}: {hint} {choices}")
     try:
         module = import_file(Path(location)) if in_file else importlib.import_module(location)
         model_class = getattr(module, class_name)

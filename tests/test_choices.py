@@ -131,7 +131,7 @@ def test_help_and_print_config_show_the_new_options(capsys):
         (["--lr_scheduler", "Steplr"], "unknown class 'Steplr'"),
         (["--data", "Moons"], "unknown class 'Moons'"),
         (["--data", "MoonsData", "--data.noise", "-0.1"], "noise must be a non-negative number"),
-        (["--data.noise", "0.2"], "Option 'noise' is not accepted"),
+        (["--data.noise", "0.2"], "--data.noise: BlobData takes no such option"),
         (["--lr_scheduler", "StepLR"], "required: step_size"),
         (["--model", "scratch", "--optimizer", "Adam"], "scratch updates its tensors by hand"),
         (["--model", "linear", "--mlp.hidden", "[16]"], "--mlp options apply to --model mlp only"),

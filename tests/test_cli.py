@@ -6,8 +6,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
+from mlnet_lightning.cli import main
 from mlnet_lightning.runs import validation_every
 from tests.conftest import ONE_THREAD_ENV, run_script, train
 
@@ -151,3 +153,31 @@ def test_the_installed_commands_and_python_m_run_the_scripts(tmp_path, linear_ru
     refused = subprocess.run([str(commands / "mlnet-train"), "--no_such_option", "5"], capture_output=True, text=True,
                              cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "train.py: error:" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--max-epochs", "5"], "unrecognized option --max-epochs; did you mean --max_epochs?"),
+        (["--trainer.max_epochs", "5"], "the Trainer's options are top-level here: --max_epochs"),
+        (["--modle", "linear"], "unrecognized option --modle; did you mean --model?"),
+        (["--model", "lineer"], "unknown model 'lineer': did you mean 'linear'?"),
+        (["--callbacks", "EarlyStop"], "--callbacks: unknown class 'EarlyStop'; did you mean EarlyStopping?"),
+        (["--data", "BlobDat"], "--data: unknown class 'BlobDat'; did you mean BlobData?"),
+        (["--data", "MoonsData", "--data.nois", "0.1"], "MoonsData takes no such option; did you mean --data.noise?"),
+        (["--model", "mlp", "--mlp.hidden", "16,16"], "16,16 is not a list; write it in brackets: --mlp.hidden [16,"),
+        (["--model.init_args.width", "8"], "--model.init_args.width: the networks take their options at the top level"),
+        (["validate"], "validate: train.py fits (LightningCLI's fit); to validate a trained network: evaluate.py"),
+    ],
+)
+def test_a_misspelling_gets_one_line_with_the_right_spelling(tmp_path, capsys, args, line):
+    assert main([*args, "--default_root_dir", str(tmp_path), "--max_epochs", "5"]) == 2  # a subcommand comes first
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and err.count("\n") == 1 and line in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lightning_clis_fit_subcommand_trains(tmp_path):
+    options = ["--model", "linear", "--max_epochs", "5", "--enable_progress_bar", "false"]
+    assert main(["fit", *options, "--default_root_dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "linear" / "version_0" / "summary.json").read_text())["epochs"] == 5

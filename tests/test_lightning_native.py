@@ -677,7 +677,7 @@ def test_cli_limit_train_batches_with_mini_batches(tmp_path):
     ("args", "message"),
     [
         (["--max_epochs", "-5"], "max_epochs"),
-        (["--max_epohcs", "5"], "unrecognized arguments: --max_epohcs"),
+        (["--max_epohcs", "5"], "unrecognized option --max_epohcs; did you mean --max_epochs or"),
         (["--epochs", "5"], "--max_epochs"),
         (["--logger", "CSVLogger", "--logger.save_dir", "x"], "--default_root_dir"),
     ],
