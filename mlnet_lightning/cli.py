@@ -10,6 +10,7 @@ import math
 import re
 import signal
 import sys
+import textwrap
 import threading
 import warnings
 from argparse import ArgumentError
@@ -101,7 +102,8 @@ JSONARGPARSE_NOISE = (
 )
 
 
-def build_parser() -> LightningArgumentParser:
+def build_parser(trainer: bool = True) -> LightningArgumentParser:
+    """train.py's options: the project's, then (unless `trainer` is False, for the short --help) the Trainer's."""
     parser = LightningArgumentParser(
         prog="train.py",
         description="Train the feed-forward networks of the PyTorch nn tutorial with Lightning.",
@@ -164,6 +166,8 @@ def build_parser() -> LightningArgumentParser:
     parser.add_class_arguments(MLP, "mlp", skip=tutorial_options, instantiate=False)
     parser.add_optimizer_args()
     parser.add_lr_scheduler_args((LRScheduler,))
+    if not trainer:
+        return parser
     parser.add_class_arguments(L.Trainer, None)
     # A logger given by --logger writes under --default_root_dir, as Lightning's default one does (its
     # save_dir, a required argument of CSVLogger and TensorBoardLogger, need not be given).
@@ -184,6 +188,33 @@ def build_parser() -> LightningArgumentParser:
         f"every 1000 for 10,000; {UNBOUNDED_VALIDATION_EVERY} with neither bounded)."
     )
     return parser
+
+
+# Where the project's default of a Trainer option is not Lightning's.
+TRAINER_DEFAULTS = {
+    "max_epochs": "10000, the tutorial's",
+    "check_val_every_n_epoch": "a power of ten leaving ten validations",
+    "default_root_dir": "lightning_logs",
+    "num_sanity_val_steps": "0",
+    "enable_model_summary": "false",
+}
+
+
+def short_help() -> str:
+    """--help: the project's options in full, the Trainer's by name (`--help trainer`: all of them, documented)."""
+    names = [
+        f"--{name}" + (f" ({TRAINER_DEFAULTS[name]})" if name in TRAINER_DEFAULTS else "")
+        for name in inspect.signature(L.Trainer).parameters
+    ]
+    trainer = textwrap.fill(", ".join(names), width=100, initial_indent="  ", subsequent_indent="  ")
+    # jsonargparse lists every subclass a class option could take (torch's optimizers and schedulers, 30 lines,
+    # and classes of the project's own): --data.help, --optimizer.help NAME document them one at a time.
+    project = re.sub(r",\s+known\s+subclasses:[^)]*\)", ")", build_parser(trainer=False).format_help())
+    return (
+        project.rstrip()
+        + "\n\nLightning's Trainer options, at the top level with Lightning's meaning and defaults but those "
+        "in parentheses\n(`train.py --help trainer` documents each):\n" + trainer + "\n"
+    )
 
 
 # The project's former names of Trainer options.
@@ -260,6 +291,10 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     for old, new in RENAMED.items():
         if any(arg.partition("=")[0] == old for arg in argv):
             raise UsageError(f"{old} is gone: Lightning's {new} says it (an epoch is one pass over the data)")
+    if {"-h", "--help"} & set(argv):
+        asked = argv[argv.index("--help" if "--help" in argv else "-h") + 1 :]
+        print(parser.format_help() if asked[:1] == ["trainer"] else short_help(), end="")
+        raise SystemExit(0)
     if argv and argv[0] == "fit":  # LightningCLI's subcommand for what train.py does
         argv = argv[1:]
     elif argv and argv[0] in OTHER_STAGES:

@@ -122,9 +122,10 @@ def check_splittable(labels: np.ndarray, test_size: int) -> None:
 
 
 class ClassificationData(L.LightningDataModule):
-    """Base of the 2-D classification data sets: the tutorial's stratified 75/25 split, held as tensors,
-    with loaders for all four stages. Testing and predicting use the held-out 25% unless `test_size`
-    asks for a separate test split."""
+    """The 2-D classification data sets (--data BlobData, MoonsData, CirclesData; --data.help NAME for each).
+
+    The tutorial's stratified 75/25 split, held as tensors, with loaders for all four stages. Testing and
+    predicting use the held-out 25% unless `test_size` asks for a separate test split."""
 
     def __init__(self, batch_size: int | None = None, test_size: int = 0, seed: int = 0) -> None:
         """

@@ -105,7 +105,7 @@ def test_help_and_print_config_show_the_new_options(capsys):
     help_text = capsys.readouterr().out
     for option in ("--data ", "--mlp.hidden", "--mlp.activation", "--mlp.init", "--optimizer ", "--lr_scheduler "):
         assert option in help_text
-    for choice in ("MoonsData", "CirclesData", "gelu", "orthogonal", "kaiming_normal", "torch.optim.RMSprop"):
+    for choice in ("MoonsData", "CirclesData", "gelu", "orthogonal", "kaiming_normal"):
         assert choice in help_text
     args = ["--model", "mlp", "--mlp.hidden", "[16,16]", "--mlp.activation", "relu", "--mlp.init", "orthogonal"]
     args += ["--data", "MoonsData", "--data.noise", "0.2", "--optimizer", "SGD", "--optimizer.lr", "0.1"]

@@ -1,11 +1,13 @@
 """The command line as a user meets it: help, configs, errors, devices, and networks of one's own."""
 
+import inspect
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 
@@ -14,11 +16,23 @@ from mlnet_lightning.runs import validation_every
 from tests.conftest import ONE_THREAD_ENV, run_script, train
 
 
-def test_help_lists_the_models_and_trainer_options():
+def test_help_fits_on_two_screens_the_projects_options_first_then_every_trainer_option():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
-    for word in ("scratch", "functional", "parameter", "linear", "sequential", "--accelerator", "--max_epochs", "--lr"):
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 120
+    for word in ("scratch", "functional", "parameter", "linear", "sequential", "--lr", "--mlp.hidden", "--data "):
         assert word in result.stdout
+    trainer = next(i for i, line in enumerate(lines) if line.startswith("Lightning's Trainer options"))
+    named = " ".join(lines[trainer:])
+    assert "--lr" not in named and "--seeds" not in named  # the project's options came first
+    assert all(f"--{name}" in named for name in inspect.signature(L.Trainer).parameters)
+    assert "--max_epochs (10000, the tutorial's)" in named  # a default of the project's, stated once
+    for internal in ("HandUpdate", "RunSummary", "StopOnInterrupt", "RunCheckpoint", "EpochProgressBar"):
+        assert internal not in result.stdout
+    full = run_script("train.py", "--help", "trainer")
+    assert full.returncode == 0 and len(full.stdout.splitlines()) > 300
+    assert "--max_epochs MAX_EPOCHS" in full.stdout and "Stop training once this number of epochs" in full.stdout
 
 
 def test_gpu_without_a_gpu_is_one_line_and_status_2():
