@@ -185,8 +185,10 @@ class ClassificationData(L.LightningDataModule):
         return int(torch.cat([self.y_train, self.y_val]).max()) + 1
 
     def setup(self, stage: str) -> None:
-        # Hold the data where the Trainer runs, so no step copies or collates it.
-        device = self.trainer.strategy.root_device
+        # Hold the data where the Trainer runs, so no step copies or collates it (without one: on the CPU,
+        # all of it, as a notebook's `data.setup("fit")` before any fit expects).
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test = (
             t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
         )
@@ -196,12 +198,13 @@ class ClassificationData(L.LightningDataModule):
             "test": (self.x_test, self.y_test),
         }
         # Each DDP process uses its own share; the whole data stays (pictures draw it).
-        rank, processes = self.trainer.global_rank, self.trainer.world_size
+        rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         self.shares = {name: process_share(*xy, rank, processes, equal=name == "train") for name, xy in splits.items()}
         # Batches of a few hundred rows gain nothing from a second CPU thread, and lose up to 8x
         # whenever that thread must wait for a core (measured: 0.75 against 4-6 ms an epoch).
         self._threads = torch.get_num_threads()
-        if device.type == "cpu" and min(self.batch_size, len(self.x_train)) < 4096:
+        # Only for a fit (teardown gives the thread back): a data module set up on its own changes nothing.
+        if trainer is not None and device.type == "cpu" and min(self.batch_size, len(self.x_train)) < 4096:
             torch.set_num_threads(1)
 
     def teardown(self, stage: str) -> None:
@@ -209,7 +212,11 @@ class ClassificationData(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         x, y = self.shares["train"]
-        return TensorBatches(x, y, self.batch_size, self.seed, epoch=lambda: self.trainer.current_epoch)
+        return TensorBatches(x, y, self.batch_size, self.seed, epoch=self.current_epoch)
+
+    def current_epoch(self) -> int:
+        """The epoch whose order the mini-batches are shuffled in (the first one without a Trainer)."""
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.shares["val"])

@@ -66,3 +66,20 @@ def test_the_smallest_data_sets_split(data_class, options, sizes):
     data = data_class(**options)
     assert (len(data.x_train), len(data.x_val)) == sizes
     assert set(data.y_train.tolist()) == set(data.y_val.tolist())
+
+
+@pytest.mark.parametrize("data_class", [BlobData, MoonsData, CirclesData])
+def test_a_data_module_works_without_a_trainer_and_changes_nothing_else(data_class):
+    """As a notebook uses one: setup, the four stages' loaders, the sizes; the thread count untouched."""
+    threads = torch.get_num_threads()
+    data = data_class(batch_size=100)
+    data.setup("fit")
+    seen = torch.cat([y for _, y in data.train_dataloader()])
+    assert torch.equal(torch.sort(seen).values, torch.sort(data.y_train).values)  # every point once
+    for loader in (data.val_dataloader(), data.test_dataloader()):
+        assert sum(len(y) for _, y in loader) == len(data.y_val)
+    assert sum(len(x) for x in data.predict_dataloader()) == len(data.y_val)  # points only
+    assert (data.num_features, data.num_classes) == (2, len(torch.unique(data.y_train)))
+    assert torch.get_num_threads() == threads
+    data.teardown("fit")
+    assert torch.get_num_threads() == threads
