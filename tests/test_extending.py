@@ -1,5 +1,7 @@
 """docs/extending.md as a user follows it, and networks of one's own from files outside the package."""
 
+import inspect
+import pydoc
 import re
 import shlex
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import pytest
 
 from mlnet_lightning.cli import main
+from mlnet_lightning.models import MODELS, Sequential
 from tests.conftest import ROOT, train
 from tests.test_tutorial import read_scalars
 
@@ -81,3 +84,16 @@ def test_an_optimizer_for_a_module_that_takes_none_is_one_line(tmp_path, capsys)
     args = ["--model", f"{tmp_path / 'fixed.py'}:Fixed", "--optimizer", "Adam", "--default_root_dir", str(tmp_path)]
     assert main(args) == 2
     assert "--optimizer: Fixed's constructor takes no optimizer argument" in capsys.readouterr().err
+
+
+def test_the_networks_constructors_show_the_options_they_pass_on():
+    """inspect.signature and help() show what `**kwargs` passes to TutorialModule, a subclass's own first."""
+    for network in MODELS.values():
+        assert {"lr", "logits", "seed", "optimizer"} <= set(inspect.signature(network).parameters)
+
+    class Wider(Sequential):
+        def __init__(self, width: int = 32, **kwargs) -> None:
+            super().__init__(**kwargs)
+
+    assert list(inspect.signature(Wider).parameters)[:3] == ["width", "lr", "logits"]
+    assert "logits: 'bool' = False" in pydoc.render_doc(Sequential)

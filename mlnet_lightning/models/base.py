@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -39,6 +41,19 @@ def as_probabilities(output: Tensor) -> Tensor:
     through softmax (told apart by the output itself, so that any network of one's own works)."""
     is_distribution = output.ge(0).all() and torch.allclose(output.sum(-1), output.new_ones(()), atol=1e-4)
     return output if is_distribution else output.softmax(-1)
+
+
+def passed_on_signature(cls: type) -> inspect.Signature | None:
+    """The constructor of a subclass that passes `**kwargs` on, with what it passes on spelt out (its parent's
+    options: lr, logits, seed, ...), so that inspect.signature, help() and a notebook's completion show them;
+    None where its own signature says everything."""
+    own = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    if not own or own[-1].kind is not inspect.Parameter.VAR_KEYWORD:
+        return None
+    named = {parameter.name for parameter in own}
+    parent = inspect.signature(cls.__mro__[1]).parameters.values()
+    passed_on = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parent if p.name not in named]
+    return inspect.Signature([*own[:-1], *passed_on])
 
 
 class TutorialModule(L.LightningModule):
@@ -96,6 +111,10 @@ class TutorialModule(L.LightningModule):
         for stage in ("val", "test"):
             self.stage_metrics[f"{stage}/loss"] = MeanMetric()
             self.stage_metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = passed_on_signature(cls)
 
     @property
     def updates_by_hand(self) -> bool:
