@@ -7,9 +7,12 @@ import shlex
 import subprocess
 import sys
 
+import lightning as L
 import pytest
+import torch
 
 from mlnet_lightning.cli import main
+from mlnet_lightning.data import MoonsData
 from mlnet_lightning.models import MODELS, Sequential
 from tests.conftest import ROOT, train
 from tests.test_tutorial import read_scalars
@@ -97,3 +100,13 @@ def test_the_networks_constructors_show_the_options_they_pass_on():
 
     assert list(inspect.signature(Wider).parameters)[:3] == ["width", "lr", "logits"]
     assert "logits: 'bool' = False" in pydoc.render_doc(Sequential)
+
+
+def test_from_python_data_of_other_sizes_is_refused_before_any_step():
+    model = Sequential()  # made for the blobs: 2 inputs, 4 classes
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="Sequential was made for 2 inputs and 4 classes, MoonsData has 2 and 2"):
+        trainer.fit(model, datamodule=MoonsData())
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())

@@ -124,6 +124,19 @@ class TutorialModule(L.LightningModule):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target)
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, data of another shape than the network was made for: from Python a
+        network's sizes are its constructor's (train.py takes them from the data)."""
+        data = self.trainer.datamodule
+        sizes = (getattr(data, "num_features", None), getattr(data, "num_classes", None))
+        made_for = (self.hparams.num_features, self.hparams.num_classes)
+        if None not in sizes and sizes != made_for:
+            raise ValueError(
+                f"{type(self).__name__} was made for {made_for[0]} inputs and {made_for[1]} classes, "
+                f"{type(data).__name__} has {sizes[0]} and {sizes[1]}: make it with "
+                f"num_features={sizes[0]}, num_classes={sizes[1]}"
+            )
+
     def configure_optimizers(self) -> OptimizerLRScheduler:
         if self.updates_by_hand:
             # Moving a module to a device makes copies of raw tensors (buffers that require grad, as
