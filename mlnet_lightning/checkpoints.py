@@ -150,6 +150,8 @@ def import_class(path: str, base: type) -> type:
 def load_run(path: str | Path) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The trained model (in eval mode, on the CPU) and its data, rebuilt from the checkpoint alone."""
     record = read_checkpoint(path)[RUN_KEY]
+    if record.get("data_class") is None:
+        raise CheckpointError(f"{path} was trained without a data module, from which its data would be rebuilt")
     model_class = import_class(record["model_class"], L.LightningModule)
     data_class = import_class(record["data_class"], L.LightningDataModule)
     try:

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -34,8 +35,12 @@ def write_csv(path, rows, header=None):
     return path
 
 
+def read_csv_text(text: str) -> list[list[str]]:
+    return list(csv.reader(text.splitlines()))
+
+
 def read_csv(path) -> list[list[str]]:
-    return list(csv.reader(path.read_text().splitlines()))
+    return read_csv_text(path.read_text())
 
 
 def evaluate_output(capsys) -> dict[str, str]:
@@ -137,3 +142,27 @@ def test_ckpt_last_is_the_newest_runs_last_checkpoint_under_lightning_logs(tmp_p
         f"evaluate.py: error: --ckpt last: no run under {tmp_path / 'elsewhere' / 'lightning_logs'} has a last.ckpt; "
         "give its path\n"
     )
+
+
+def test_a_checkpoint_trained_from_python_is_evaluated_and_predicted_as_lightning_does(tmp_path):
+    """README's "From Python" run: evaluate.py and predict.py (processes of their own) give what
+    trainer.validate and trainer.predict give; loading it into another network is one line naming both."""
+    data = BlobData()
+    trainer = L.Trainer(max_epochs=200, check_val_every_n_epoch=100, accelerator="cpu", default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    model = Sequential(logits=True)
+    trainer.fit(model, datamodule=data)
+    [validated] = trainer.validate(model, datamodule=data, verbose=False)
+    [probabilities] = trainer.predict(model, datamodule=data)
+    [ckpt] = tmp_path.rglob("*.ckpt")
+    evaluated = run_script("evaluate.py", "--ckpt", str(ckpt))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"loss        {validated['val/loss']:.6f}" in evaluated.stdout
+    assert f"accuracy    {validated['val/acc']:.4f}" in evaluated.stdout
+    write_csv(tmp_path / "points.csv", data.x_val.tolist())
+    predicted = run_script("predict.py", "--ckpt", str(ckpt), "--input", str(tmp_path / "points.csv"), "--output", "-")
+    assert predicted.returncode == 0, predicted.stderr
+    written = torch.tensor([[float(cell) for cell in row[3:]] for row in read_csv_text(predicted.stdout)[1:]])
+    assert torch.allclose(written, probabilities, atol=1e-6)
+    with pytest.raises(ValueError, match="the checkpoint holds a Sequential, not a Linear: load it with Sequential"):
+        Linear.load_from_checkpoint(ckpt)

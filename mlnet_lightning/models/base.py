@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mlnet_lightning.checkpoints import RUN_KEY, class_path
 from mlnet_lightning.fastpath import fast_forward
 
 
@@ -123,6 +124,25 @@ class TutorialModule(L.LightningModule):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the network's and the data's classes, so that evaluate.py, predict.py and export.py rebuild
+        the run from the checkpoint however it was trained (train.py's RunCheckpoint adds the metrics)."""
+        data = self.trainer.datamodule
+        record = checkpoint.setdefault(RUN_KEY, {})
+        record.update(model_class=class_path(self), data_class=class_path(data) if data is not None else None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another network is refused in one line naming both, before its tensors meet
+        this network's (Lightning's load_state_dict would list every mismatched key)."""
+        saved, expected = checkpoint["state_dict"], self.state_dict()
+        fits = saved.keys() == expected.keys() and all(saved[k].shape == v.shape for k, v in expected.items())
+        if not fits:
+            holds = checkpoint.get(RUN_KEY, {}).get("model_class", "another network").rpartition(".")[2]
+            raise ValueError(
+                f"the checkpoint holds a {holds}, not a {type(self).__name__}: "
+                f"load it with {holds}.load_from_checkpoint"
+            )
 
     def setup(self, stage: str) -> None:
         """Refuse, before any step, data of another shape than the network was made for: from Python a
