@@ -266,8 +266,6 @@ def unrecognized(arguments: list[str], names: list[str]) -> str:
     name = argument.removeprefix("--").partition("=")[0]
     if name.startswith("trainer.") and name.removeprefix("trainer.") in names:
         hint = f"; the Trainer's options are top-level here: --{name.removeprefix('trainer.')}"
-    elif name.startswith("model.") and name not in names:
-        hint = "; the networks' options are top-level (--lr, --logits, --seed) or --mlp.* for mlp"
     elif name.replace("-", "_") in names:
         hint = f"; did you mean --{name.replace('-', '_')}?"
     else:
@@ -275,6 +273,21 @@ def unrecognized(arguments: list[str], names: list[str]) -> str:
     if not argument.startswith("--"):
         return f"unrecognized argument {argument!r} (options start with --)"
     return f"unrecognized option {argument}{hint}"
+
+
+def misspelt(error: ArgumentError, parser: LightningArgumentParser) -> UsageError | None:
+    """The parser's error about an unknown option (of the command or of the data class) with the nearest
+    spellings; None for any other error."""
+    unknown = re.match(r"unrecognized arguments: (.*)", str(error), re.IGNORECASE)
+    if unknown:
+        return UsageError(unrecognized(unknown.group(1).split(), option_names(parser)))
+    not_accepted = re.search(r"class_path '[\w.]*?(\w+)':\s+Option '(\w+)' is not accepted", str(error))
+    if not_accepted and str(error).startswith('Parser key "data"'):
+        data_class, name = not_accepted.groups()
+        options = inspect.signature(getattr(data_module, data_class, ClassificationData)).parameters
+        hint = did_you_mean(name, [option for option in options if option != "kwargs"], "--data.")
+        return UsageError(f"--data.{name}: {data_class} takes no such option{hint}")
+    return None
 
 
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
@@ -302,16 +315,7 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     try:
         config = parser.parse_args(argv)
     except ArgumentError as error:
-        unknown = re.match(r"unrecognized arguments: (.*)", str(error), re.IGNORECASE)
-        not_accepted = re.search(r"class_path '[\w.]*?(\w+)':\s+Option '(\w+)' is not accepted", str(error))
-        if not_accepted and str(error).startswith('Parser key "data"'):
-            data_class, name = not_accepted.groups()
-            options = inspect.signature(getattr(data_module, data_class, ClassificationData)).parameters
-            hint = did_you_mean(name, [option for option in options if option != "kwargs"], "--data.")
-            raise UsageError(f"--data.{name}: {data_class} takes no such option{hint}") from None
-        if unknown is None:
-            raise
-        raise UsageError(unrecognized(unknown.group(1).split(), option_names(parser))) from None
+        raise misspelt(error, parser) or error from None
     check_ranges(config)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
