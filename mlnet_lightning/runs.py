@@ -95,6 +95,8 @@ def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
         model_class = getattr(module, class_name)
     except (ImportError, AttributeError, FileNotFoundError) as error:
         raise UsageError(f"cannot import model {name!r}: {error}") from None
+    except Exception as error:  # the user's file itself fails: a syntax error, a name error, ...
+        raise UsageError(f"cannot import model {name!r}: {type(error).__name__}: {one_line_of(error)}") from None
     if not (inspect.isclass(model_class) and issubclass(model_class, L.LightningModule)):
         raise UsageError(f"model {name!r} is not a LightningModule")
     return class_name.lower(), model_class
@@ -135,7 +137,41 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     refused = [key for key in chosen if not (takes_all or key in accepted)]
     if refused:
         raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
-    return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
+    try:
+        return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
+    except TypeError as error:  # a network of one's own whose constructor wants an argument of its own
+        reason, network = one_line_of(error), model_class.__name__
+        raise UsageError(reason if reason.startswith(network) else f"{network}: {reason}") from None
+
+
+def one_line_of(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def check_forward(model: TutorialModule, data: ClassificationData) -> None:
+    """Run the network once on two of the data's points before anything is written, so that a network of
+    one's own with no forward, or layers that do not fit the data, is refused in one line and leaves no run
+    folder, rather than failing in its first step. Nothing the fit sees changes: evaluation mode (no batch
+    statistics updated), no gradient, and the random state as it was."""
+    name, points = type(model).__name__, data.x_train[:2]
+    training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            output = model.eval()(points)
+    except NotImplementedError:
+        raise UsageError(f"{name} has no forward: write forward(self, x), returning a score for each class") from None
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        reason = one_line_of(error)
+        raise UsageError(f"{name}: its forward fails on points of {data.num_features} inputs: {reason}") from None
+    finally:
+        model.train(training)
+    expected = [len(points), data.num_classes]
+    shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if shape != expected:
+        raise UsageError(
+            f"{name}: its forward returns {shape} for {len(points)} points, "
+            f"not {expected} ({data.num_classes} classes in the data)"
+        )
 
 
 def stacks_copies(config: Namespace) -> bool:
@@ -182,6 +218,8 @@ def train_one(
     data = data or build_data(config)
     torch.manual_seed(config.seed)  # the same start for networks that take no seed of their own
     model = build_model(model_class, config, data)
+    if isinstance(model, TutorialModule):
+        check_forward(model, data)
     if not config.fast_path:
         model.fast_path = False
     trainer_options = {k: v for k, v in config.items(branches=True) if k in TRAINER_OPTIONS}

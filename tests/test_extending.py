@@ -110,3 +110,58 @@ def test_from_python_data_of_other_sizes_is_refused_before_any_step():
         trainer.fit(model, datamodule=MoonsData())
     assert trainer.global_step == 0
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+MISTAKES = """
+import torch
+from torch import nn
+from mlnet_lightning.models import TutorialModule
+
+
+class NeedsWidth(TutorialModule):
+    def __init__(self, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Linear(2, width)
+
+
+class NoForward(TutorialModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Linear(2, 4)
+
+
+class WrongInputs(TutorialModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class WrongClasses(WrongInputs):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Linear(2, 3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("network", "line"),
+    [
+        ("NeedsWidth", "NeedsWidth.__init__() missing 1 required positional argument: 'width'"),
+        ("NoForward", "NoForward has no forward: write forward(self, x), returning a score for each class"),
+        ("WrongInputs", "WrongInputs: its forward fails on points of 2 inputs: mat1 and mat2 shapes cannot be"),
+        ("WrongClasses", "WrongClasses: its forward returns [2, 3] for 2 points, not [2, 4] (4 classes in the data)"),
+        ("Broken", "cannot import model '{file}:Broken': SyntaxError: invalid syntax"),
+    ],
+)
+def test_a_mistake_in_ones_own_network_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, network, line):
+    file = tmp_path / f"nets_{network.lower()}.py"
+    file.write_text(MISTAKES if network != "Broken" else "class Broken(:\n    pass\n")
+    logs = tmp_path / "logs"
+    assert main(["--model", f"{file}:{network}", "--max_epochs", "5", "--default_root_dir", str(logs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: error: "), err
+    assert line.format(file=file) in err
+    assert not logs.exists()
