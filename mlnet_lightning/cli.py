@@ -108,6 +108,7 @@ def build_parser(trainer: bool = True) -> LightningArgumentParser:
         prog="train.py",
         description="Train the feed-forward networks of the PyTorch nn tutorial with Lightning.",
         exit_on_error=False,
+        usage=None if trainer else "train.py [fit] [options]",  # the short --help lists them below
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
@@ -140,6 +141,12 @@ def build_parser(trainer: bool = True) -> LightningArgumentParser:
     )
     parser.add_argument(
         "--logits", type=bool, default=False, help="fix the tutorial's double softmax: networks return logits"
+    )
+    parser.add_argument(
+        "--model_args",
+        type=dict | None,
+        default=None,
+        help="your network's own options: --model.width 8 (or --model.init_args.width 8)",
     )
     parser.add_argument(
         "--seeds", type=PositiveInt, default=1, help="train copies with seeds --seed, --seed+1, ... at once (stacked)"
@@ -275,6 +282,51 @@ def unrecognized(arguments: list[str], names: list[str]) -> str:
     return f"unrecognized option {argument}{hint}"
 
 
+def network_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The arguments without a network's own options, and those options as given: LightningCLI's
+    `--model.width 8`, `--model.init_args.width 8`, `--model.class_path X` (the network, as --model X)."""
+    rest, options = [], {}
+    arguments = iter(argv)
+    for argument in arguments:
+        if not argument.startswith("--model."):
+            rest.append(argument)
+            continue
+        key, has_value, value = argument.removeprefix("--model.").partition("=")
+        value = value if has_value else next(arguments, "")
+        key = key.removeprefix("init_args.")
+        if key == "class_path":
+            rest += ["--model", value]
+        else:
+            options[key] = value
+    return rest, options
+
+
+def typed_network_options(given: dict[str, str], models: list[tuple[str, type]]) -> dict[str, Any]:
+    """A network's own options (`--model.X`), checked and converted against its constructor's signature."""
+    if len(models) != 1:
+        raise UsageError(f"--model.{next(iter(given))}: a network's own options need one network (--model NAME)")
+    name, model_class = models[0]
+    first = next(iter(given))
+    if issubclass(model_class, MLP):
+        raise UsageError(f"--model.{first}: mlp takes its options as --mlp.hidden, --mlp.activation, --mlp.init")
+    project = set(inspect.signature(TutorialModule).parameters)  # --lr, --seed, --logits, the data's sizes
+    shared = sorted(project & set(given))
+    if shared:
+        raise UsageError(f"--model.{shared[0]}: give it as --{shared[0]} (every network takes it)")
+    options = LightningArgumentParser(exit_on_error=False)
+    options.add_class_arguments(model_class, skip=project, instantiate=False)
+    argv = [f"--{key}={value}" for key, value in given.items()]
+    try:
+        return options.parse_args(argv).as_dict()
+    except ArgumentError as error:
+        unknown = re.match(r"unrecognized arguments: --(\w+)", str(error), re.IGNORECASE)
+        if unknown:
+            known = list(options.get_defaults().keys())  # noqa: SIM118 (a Namespace)
+            hint = did_you_mean(unknown.group(1), known, "--model.") or f" (it takes {', '.join(known) or 'none'})"
+            raise UsageError(f"--model.{unknown.group(1)}: {name} takes no such option{hint}") from None
+        raise UsageError(f"--model.{one_line(error).removeprefix('--')}") from None
+
+
 def misspelt(error: ArgumentError, parser: LightningArgumentParser) -> UsageError | None:
     """The parser's error about an unknown option (of the command or of the data class) with the nearest
     spellings; None for any other error."""
@@ -293,12 +345,7 @@ def misspelt(error: ArgumentError, parser: LightningArgumentParser) -> UsageErro
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
     """The options, and the networks they name; raises ArgumentError or UsageError."""
     argv = appending_repeats(sys.argv[1:] if argv is None else argv)
-    model_option = next((arg for arg in argv if arg.startswith("--model.")), None)
-    if model_option is not None:
-        raise UsageError(
-            f"{model_option.partition('=')[0]}: the networks take their options at the top level "
-            "(--lr, --logits, --seed; --mlp.hidden, --mlp.activation, --mlp.init for mlp), not as --model.*"
-        )
+    argv, given_model_args = network_options(argv)
     if any(arg.startswith("--logger.") and "save_dir" in arg for arg in argv):
         raise UsageError("--logger.save_dir: loggers write under --default_root_dir: give that instead")
     for old, new in RENAMED.items():
@@ -319,6 +366,8 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     check_ranges(config)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
+    if given_model_args:
+        config.model_args = typed_network_options(given_model_args, models)
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
     every = config.check_val_every_n_epoch

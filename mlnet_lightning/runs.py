@@ -130,6 +130,7 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     chosen = json.loads(json.dumps(chosen_classes))  # plain YAML in hparams.yaml: Adam's betas as a list, not a tuple
     if issubclass(model_class, MLP):
         chosen.update(config.mlp.as_dict())
+    chosen.update(config.model_args or {})  # a network of one's own: its own options (--model.width 8)
     if stacks_copies(config):
         return build_copies(model_class, config, {**offered, **chosen}, data)
     accepted = inspect.signature(model_class).parameters

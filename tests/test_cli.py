@@ -180,7 +180,9 @@ def test_the_installed_commands_and_python_m_run_the_scripts(tmp_path, linear_ru
         (["--data", "BlobDat"], "--data: unknown class 'BlobDat'; did you mean BlobData?"),
         (["--data", "MoonsData", "--data.nois", "0.1"], "MoonsData takes no such option; did you mean --data.noise?"),
         (["--model", "mlp", "--mlp.hidden", "16,16"], "16,16 is not a list; write it in brackets: --mlp.hidden [16,"),
-        (["--model.init_args.width", "8"], "--model.init_args.width: the networks take their options at the top level"),
+        (["--model.init_args.width", "8"], "--model.width: a network's own options need one network (--model NAME)"),
+        (["--model", "linear", "--model.width", "8"], "--model.width: linear takes no such option (it takes none)"),
+        (["--model", "mlp", "--model.hidden", "[8]"], "--model.hidden: mlp takes its options as --mlp.hidden"),
         (["validate"], "validate: train.py fits (LightningCLI's fit); to validate a trained network: evaluate.py"),
     ],
 )

@@ -1,6 +1,7 @@
 """docs/extending.md as a user follows it, and networks of one's own from files outside the package."""
 
 import inspect
+import json
 import pydoc
 import re
 import shlex
@@ -165,3 +166,43 @@ def test_a_mistake_in_ones_own_network_is_one_line_and_leaves_no_run_folder(tmp_
     assert err.count("\n") == 1 and err.startswith("train.py: error: "), err
     assert line.format(file=file) in err
     assert not logs.exists()
+
+
+WITH_OPTIONS = """
+import torch
+from torch import nn
+from mlnet_lightning.models import TutorialModule
+
+
+class WithOpt(TutorialModule):
+    def __init__(self, width: int = 32, **kwargs) -> None:
+        super().__init__(**kwargs)
+        torch.manual_seed(self.hparams.seed)
+        self.net = nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, self.hparams.num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_a_networks_own_options_reach_its_constructor_in_every_spelling_and_rerun_from_its_config(tmp_path, capsys):
+    file = tmp_path / "with_options.py"
+    file.write_text(WITH_OPTIONS)
+    run = ["--max_epochs", "50", "--enable_progress_bar", "false"]
+    spellings = {
+        "short": ["--model", f"{file}:WithOpt", "--model.width", "8"],
+        "lightning": [f"--model.class_path={file}:WithOpt", "--model.init_args.width", "8"],
+    }
+    for root, options in spellings.items():
+        assert main([*options, *run, "--default_root_dir", str(tmp_path / root)]) == 0
+        checkpoint = torch.load(tmp_path / root / "withopt" / "version_0" / "checkpoints" / "last.ckpt")
+        assert checkpoint["hyper_parameters"]["width"] == 8
+        assert checkpoint["state_dict"]["net.0.weight"].shape == (8, 2)  # the constructor made 8 units
+    config = tmp_path / "short" / "withopt" / "version_0" / "config.yaml"
+    assert main(["--config", str(config), "--default_root_dir", str(tmp_path / "rerun")]) == 0
+    summaries = [json.loads((tmp_path / root / "withopt" / "version_0" / "summary.json").read_text())
+                 for root in ("short", "lightning", "rerun")]  # fmt: skip
+    assert len({summary["final_loss"] for summary in summaries}) == 1
+    capsys.readouterr()
+    assert main(["--model", f"{file}:WithOpt", "--model.widht", "8", *run, "--default_root_dir", str(tmp_path)]) == 2
+    assert "--model.widht: withopt takes no such option; did you mean --model.width?" in capsys.readouterr().err
