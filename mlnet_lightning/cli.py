@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import gc
 import inspect
+import json
 import logging
 import math
 import re
@@ -346,6 +347,8 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     """The options, and the networks they name; raises ArgumentError or UsageError."""
     argv = appending_repeats(sys.argv[1:] if argv is None else argv)
     argv, given_model_args = network_options(argv)
+    if given_model_args:  # as --model_args, so that --print_config and config.yaml show them
+        argv += ["--model_args", json.dumps(given_model_args)]
     if any(arg.startswith("--logger.") and "save_dir" in arg for arg in argv):
         raise UsageError("--logger.save_dir: loggers write under --default_root_dir: give that instead")
     for old, new in RENAMED.items():
@@ -366,8 +369,9 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
     check_ranges(config)
     names = list(TUTORIAL_MODELS) if config.model == "all" else [config.model]
     models = [resolve_model(name) for name in names]
-    if given_model_args:
-        config.model_args = typed_network_options(given_model_args, models)
+    if config.model_args:  # given on the command line as text, or typed in a config
+        given = {key: v if isinstance(v, str) else json.dumps(v) for key, v in config.model_args.items()}
+        config.model_args = typed_network_options(given, models)
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError("--accelerator gpu: no CUDA GPU is available on this machine (try --accelerator cpu)")
     every = config.check_val_every_n_epoch

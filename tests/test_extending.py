@@ -11,6 +11,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from mlnet_lightning.cli import main
 from mlnet_lightning.data import MoonsData
@@ -204,5 +205,8 @@ def test_a_networks_own_options_reach_its_constructor_in_every_spelling_and_reru
                  for root in ("short", "lightning", "rerun")]  # fmt: skip
     assert len({summary["final_loss"] for summary in summaries}) == 1
     capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*spellings["short"], "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model_args"] == {"width": "8"}
     assert main(["--model", f"{file}:WithOpt", "--model.widht", "8", *run, "--default_root_dir", str(tmp_path)]) == 2
     assert "--model.widht: withopt takes no such option; did you mean --model.width?" in capsys.readouterr().err
