@@ -218,30 +218,30 @@ def test_a_second_resume_of_a_run_in_training_is_refused_in_one_line(tmp_path):
 
 
 def test_all_networks_stopped_after_one_ended_resume_with_the_same_command_keeping_it(tmp_path):
-    """SIGTERM once the first of the networks training in parallel has ended, then the same command with
-    --ckpt_path last: the ended run is kept as it is, the stopped ones go on from their checkpoints."""
+    """SIGTERM while the second network trains (--jobs 1: in turn, so that the first has surely ended), then
+    the command with --ckpt_path last (networks in parallel, the default): the first network's ended run is
+    kept as it is, the second goes on from its checkpoint, the rest train."""
     run = ("--max_epochs", "300", "--check_val_every_n_epoch", "100", "--pictures", "false", "--checkpoint_every", "1")
     parts = tmp_path / "parts"
-    command = [*TRAIN_PY, *run, "--default_root_dir", str(parts)]
+    command = [*TRAIN_PY, *run, "--jobs", "1", "--default_root_dir", str(parts)]
     stopped = subprocess.Popen(
         command, cwd=ROOT, env=ONE_THREAD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    second = run_folder(parts, "functional") / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
-    while not (ended := sorted(path.parent.parent.name for path in parts.glob("*/version_0/summary.json"))):
-        assert stopped.poll() is None and time.monotonic() < deadline, "no network ended in time"
+    while not second.exists():  # 300 epochs with a checkpoint each: seconds in which to stop it
+        assert stopped.poll() is None and time.monotonic() < deadline, "the second network did not start in time"
         time.sleep(0.05)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(timeout=120) == 143
-    ended = sorted(path.parent.parent.name for path in parts.glob("*/version_0/summary.json"))
-    kept = {name: tree(run_folder(parts, name)) for name in ended}
-    continued = next(name for name in TUTORIAL_MODELS if name not in ended and (parts / name).exists())
+    assert not (run_folder(parts, "functional") / "summary.json").exists()  # stopped, not ended
+    kept = tree(run_folder(parts, "scratch"))
     resumed = train_to_end(parts, *run, "--ckpt_path", "last")
-    for name in ended:
-        assert f"{parts / name} ended at 300 epochs already; keeping it" in resumed.stderr
-        assert tree(run_folder(parts, name)) == kept[name]  # not a byte written
+    assert f"{parts / 'scratch'} ended at 300 epochs already; keeping it" in resumed.stderr
+    assert tree(run_folder(parts, "scratch")) == kept  # not a byte written
     assert [line.split()[0] for line in resumed.stdout.splitlines()[1:6]] == list(TUTORIAL_MODELS)
-    train_to_end(tmp_path / "whole", *run, "--model", continued)
-    assert summary(run_folder(parts, continued)) == summary(run_folder(tmp_path / "whole", continued))
+    train_to_end(tmp_path / "whole", *run, "--model", "functional")
+    assert summary(run_folder(parts, "functional")) == summary(run_folder(tmp_path / "whole", "functional"))
 
 
 def test_a_stop_in_the_last_epoch_leaves_a_run_that_has_ended(tmp_path):
