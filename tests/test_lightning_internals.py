@@ -23,6 +23,8 @@ STEP_LR = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_
 class StepIntervalSchedule(Sequential):
     """A scheduler stepped after every optimizer step rather than every epoch."""
 
+    fast_path = True  # opts in: the fast path's own checks are under test
+
     def configure_optimizers(self) -> OptimizerLRScheduler:
         config = super().configure_optimizers()
         return {**config, "lr_scheduler": {"scheduler": config["lr_scheduler"], "interval": "step"}}

@@ -260,6 +260,8 @@ def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, st
 class Syncing(Sequential):
     """Data-dependent Python in forward: a GPU capture cannot wait for the value, a tape cannot hold the decision."""
 
+    fast_path = True  # opts in: the fast path's own checks are under test
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = super().forward(x)
         if output.isnan().any():
@@ -269,6 +271,8 @@ class Syncing(Sequential):
 
 class Alternating(Sequential):
     """Python state in forward: a capture replays the branch it took, every epoch."""
+
+    fast_path = True  # opts in: the fast path's own checks are under test
 
     calls = 0
 
@@ -280,6 +284,8 @@ class Alternating(Sequential):
 class Masked(Sequential):
     """A boolean mask: the shape of what it selects follows the data."""
 
+    fast_path = True  # opts in: the fast path's own checks are under test
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         kept = target >= 0
         return super().loss(output[kept], target[kept])
@@ -287,6 +293,8 @@ class Masked(Sequential):
 
 class Dropping(Sequential):
     """Random numbers every epoch: a replayed epoch draws the eager epoch's."""
+
+    fast_path = True  # opts in: the fast path's own checks are under test
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(torch.nn.functional.dropout(x, p=0.3, training=self.training))
@@ -427,6 +435,8 @@ def test_anomaly_detection_checks_every_backward():
 
 class Decaying(Scratch):
     """A learning rate kept in Python and decayed in the hand update: a replay holds the captured one."""
+
+    fast_path = True  # opts in: the fast path's own checks are under test
 
     steps = 0
 

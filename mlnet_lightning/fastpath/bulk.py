@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 from lightning.pytorch.callbacks import (
@@ -25,7 +28,7 @@ from mlnet_lightning.fastpath.lightning_internals import (
     keep_epoch_end_metrics,
     logger_step,
 )
-from mlnet_lightning.fastpath.replay import replayed_epochs
+from mlnet_lightning.fastpath.replay import TrainingState, replayed_epochs
 from mlnet_lightning.fastpath.updates import plain_update
 
 # Hooks of a module or data module that would see each epoch's batch (the bulk reuses the one Lightning gave).
@@ -45,6 +48,9 @@ CALLBACK_HOOKS = (
 # Callbacks whose epoch hooks change nothing for epochs they do not see: progress bars draw, a
 # summary prints at the start, a Timer's deadline is checked epoch by epoch below.
 BLIND_CALLBACKS = (ProgressBar, ModelSummary, Timer)
+# Code the fast path knows: Lightning's callbacks and the project's own networks and callbacks, each tested
+# with the fast path on and off.
+UNDERSTOOD_PACKAGES = ("lightning.", "pytorch_lightning.", "mlnet_lightning.")
 # Epochs trained in one bulk at most when nothing observes sooner: the loggers get their points at least
 # that often.
 MAX_BULK = 1000
@@ -54,16 +60,38 @@ DEADLINE_MARGIN_S = 1.0
 
 
 def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int:
-    """Train the unobserved epochs that start at the current one; returns how many."""
+    """Train the unobserved epochs that start at the current one; returns how many.
+
+    Whatever stops it (Ctrl-C, an exception, a failed write) finds Lightning's counters and the weights
+    agreeing: an exception puts the weights back as they were before the bulk, and Ctrl-C ends the bulk
+    after its epoch, the counters moved on, and is raised then."""
     trainer = module.trainer
     ahead = unobserved_epochs(trainer, module)
     if ahead == 0:
         return 0
+    optimizer = trainer.optimizers[0]
+    before = TrainingState(module, optimizer, [config.scheduler for config in trainer.lr_scheduler_configs])
+    with interrupt_deferred() as interrupted:
+        try:
+            trained = train_in_bulk(module, batch, ahead, interrupted)
+        except BaseException:
+            before.restore()
+            raise
+    if interrupted():
+        raise KeyboardInterrupt
+    return trained
+
+
+def train_in_bulk(
+    module: L.LightningModule, batch: tuple[Tensor, Tensor], ahead: int, interrupted: Callable[[], bool]
+) -> int:
+    """Train up to `ahead` epochs, log their points and count them in Lightning's loop."""
+    trainer = module.trainer
     x, y = batch
     optimizer = trainer.optimizers[0]
     update = plain_update(module, optimizer)
     schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-    stopping = stop_condition(trainer)
+    stopping = stop_condition(trainer, interrupted)
     if module.automatic_optimization:
         optimizer.zero_grad()  # as Lightning does before a step's backward: the last step left its gradients
     records, rates = [], []
@@ -88,10 +116,11 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
     trained = len(records)
     columns = {name: values.tolist() for name, values in points.items()}
     columns["epoch"] = list(range(first_epoch, first_epoch + trained))  # as Lightning adds it
-    log_points(trainer.loggers, range(first_step, first_step + trained), columns)
-    for logger in trainer.loggers:
-        logger.save()
-    keep_epoch_end_metrics(trainer, {name: values[-1].clone() for name, values in points.items()})
+    if not trainer.barebones:  # where Lightning's self.log logs nothing
+        log_points(trainer.loggers, range(first_step, first_step + trained), columns)
+        for logger in trainer.loggers:
+            logger.save()
+        keep_epoch_end_metrics(trainer, {name: values[-1].clone() for name, values in points.items()})
     count_epochs_trained(trainer, trained, trained * len(schedulers))
     return trained
 
@@ -122,7 +151,18 @@ def next_multiple(epoch: int, every: int) -> int:
 def next_observed_by(callback: Callback, trainer: L.Trainer, epoch: int) -> int | None:
     """The first epoch from `epoch` on whose training a callback would see; None if none.
 
-    A callback of one's own can say when by defining `next_observed_epoch(trainer, epoch)`."""
+    Lightning's callbacks and the project's are understood; an epoch, batch or optimizer hook of one's own
+    (on the instance, as LambdaCallback's, or in a class, a subclass of Lightning's included) observes every
+    epoch, unless its class says when by defining `next_observed_epoch(trainer, epoch)`."""
+    if any(name in vars(callback) for name in CALLBACK_HOOKS):
+        return epoch
+    for cls in type(callback).__mro__:
+        if cls.__module__.startswith(UNDERSTOOD_PACKAGES):
+            break
+        if "next_observed_epoch" in vars(cls):
+            return callback.next_observed_epoch(trainer, epoch)
+        if any(name in vars(cls) for name in CALLBACK_HOOKS):
+            return epoch
     if hasattr(callback, "next_observed_epoch"):
         return callback.next_observed_epoch(trainer, epoch)
     if isinstance(callback, ModelCheckpoint):
@@ -136,10 +176,22 @@ def next_observed_by(callback: Callback, trainer: L.Trainer, epoch: int) -> int 
     return epoch if overridden else None
 
 
+def vouched_for(module: L.LightningModule) -> bool:
+    """Whether every class of the module's own is one the fast path knows (the project's networks), or says
+    that its code computes each epoch the same, whatever the epoch, the step or any Python value
+    (`fast_path = True` in its class body): a loss reading `current_epoch` would be frozen in a bulk."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith(UNDERSTOOD_PACKAGES):
+            return True
+        if vars(cls).get("fast_path") is not True:
+            return False
+    return False
+
+
 def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
     """Whether this fit's steps are exactly what `module.train_epoch` does, epoch after epoch."""
     fast_class = next((c for c in type(module).__mro__ if "train_epoch" in vars(c)), None)
-    if not getattr(module, "fast_path", False) or fast_class is None:
+    if not getattr(module, "fast_path", False) or fast_class is None or not vouched_for(module):
         return False
     if any(getattr(type(module), name) is not getattr(fast_class, name) for name in MODULE_HOOKS):
         return False
@@ -173,7 +225,7 @@ def plain_schedule(config) -> bool:
     return config.frequency == 1 and not config.reduce_on_plateau and config.interval in ("epoch", "step")
 
 
-def stop_condition(trainer: L.Trainer) -> Callable[[], bool]:
+def stop_condition(trainer: L.Trainer, interrupted: Callable[[], bool]) -> Callable[[], bool]:
     """What ends a bulk of epochs early, checked before each: a stop request (Ctrl-C, SIGTERM) or
     `max_time` drawing near (DEADLINE_MARGIN_S)."""
     timers = [callback for callback in trainer.callbacks if isinstance(callback, Timer)]
@@ -181,6 +233,23 @@ def stop_condition(trainer: L.Trainer) -> Callable[[], bool]:
 
     def stopping() -> bool:
         near_deadline = timer is not None and timer.time_remaining() <= DEADLINE_MARGIN_S
-        return trainer.should_stop or trainer.received_sigterm or near_deadline
+        return trainer.should_stop or trainer.received_sigterm or interrupted() or near_deadline
 
     return stopping
+
+
+@contextmanager
+def interrupt_deferred() -> Iterator[Callable[[], bool]]:
+    """Python's Ctrl-C (KeyboardInterrupt, raised wherever the main thread is) held back while it runs:
+    the bulk stops after the epoch it is training, and raises it once Lightning's counters match the
+    weights. A handler of one's own (train.py's, which asks the Trainer to stop) is left alone."""
+    pressed: list[int] = []
+    ours = threading.current_thread() is threading.main_thread()
+    ours = ours and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)

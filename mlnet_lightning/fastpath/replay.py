@@ -23,6 +23,7 @@ turns replay off.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.nn.modules import module as nn_module
+from torch.optim.lr_scheduler import LRScheduler
 
 from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import has_step_hooks
@@ -324,11 +326,15 @@ class ReplayedEpochs:
 
 class TrainingState:
     """What an epoch may change, kept aside to be put back: the module's parameters and buffers, their
-    gradients, the optimizer's state and the CPU's random numbers (dropout draws the same ones again).
-    Values are put back in place, where a captured graph reads them."""
+    gradients, the optimizer's state and learning rates, the schedulers' state and the CPU's random numbers
+    (dropout draws the same ones again). Values are put back in place, where a captured graph reads them."""
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, schedulers: Sequence[LRScheduler] = ()
+    ) -> None:
         self.optimizer = optimizer
+        self.rates = [group["lr"] for group in optimizer.param_groups]
+        self.schedules = [(scheduler, copy.deepcopy(scheduler.state_dict())) for scheduler in schedulers]
         self.random = torch.get_rng_state()
         tensors = [*module.parameters(), *module.buffers()]
         self.grads = [(tensor, tensor.grad) for tensor in tensors]
@@ -341,6 +347,10 @@ class TrainingState:
     @torch.no_grad()
     def restore(self) -> None:
         torch.set_rng_state(self.random)
+        for group, rate in zip(self.optimizer.param_groups, self.rates):
+            group["lr"] = rate
+        for scheduler, state in self.schedules:
+            scheduler.load_state_dict(state)
         for tensor, grad in self.grads:
             tensor.grad = grad
         self.optimizer.state.clear()
