@@ -46,7 +46,8 @@ class EpochProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero:
             total = trainer.max_epochs if trainer.max_epochs >= 0 else None
-            self.bar = self.make_bar(total=total, desc=type(pl_module).__name__, unit="epoch", dynamic_ncols=True)
+            name = getattr(pl_module, "network_name", type(pl_module).__name__)
+            self.bar = self.make_bar(total=total, desc=name, unit="epoch", dynamic_ncols=True)
             self.bar.n = trainer.current_epoch  # a resumed run's bar starts where it stopped
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

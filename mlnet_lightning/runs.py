@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -25,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, instantiate_class
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
 from tqdm.auto import tqdm
 
 from mlnet_lightning.callbacks import EpochProgressBar, RunInterrupted, RunSummary, StopOnInterrupt
@@ -42,7 +42,8 @@ from mlnet_lightning.checkpoints import (
     plan_resume,
 )
 from mlnet_lightning.data import ClassificationData
-from mlnet_lightning.models import MLP, MODELS, TutorialModule
+from mlnet_lightning.imports import class_spelling, import_named
+from mlnet_lightning.models import MLP, MODELS, TutorialModule, Wrapped
 from mlnet_lightning.models.base import TrainingDiverged
 from mlnet_lightning.pictures import Pictures
 from mlnet_lightning.seeds import StackedCopies, check_memory
@@ -91,24 +92,14 @@ def resolve_model(name: str) -> tuple[str, type[L.LightningModule]]:
         choices = f"{', '.join(MODELS)}, all, module.Class or path/to/file.py:Class"
         raise UsageError(f"unknown model {name!r}: {hint} {choices}")
     try:
-        module = import_file(Path(location)) if in_file else importlib.import_module(location)
-        model_class = getattr(module, class_name)
+        model_class = import_named(name)
     except (ImportError, AttributeError, FileNotFoundError) as error:
         raise UsageError(f"cannot import model {name!r}: {error}") from None
     except Exception as error:  # the user's file itself fails: a syntax error, a name error, ...
         raise UsageError(f"cannot import model {name!r}: {type(error).__name__}: {one_line_of(error)}") from None
-    if not (inspect.isclass(model_class) and issubclass(model_class, L.LightningModule)):
-        raise UsageError(f"model {name!r} is not a LightningModule")
+    if not (inspect.isclass(model_class) and issubclass(model_class, nn.Module)):
+        raise UsageError(f"model {name!r} is not an nn.Module or a LightningModule")
     return class_name.lower(), model_class
-
-
-def import_file(path: Path):
-    """Import a Python file as the module named after it, as `import` would from its folder."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # as `import` does: pickle and typing look up a class's module there
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_data(config: Namespace) -> ClassificationData:
@@ -133,15 +124,20 @@ def build_model(model_class: type[L.LightningModule], config: Namespace, data: C
     chosen.update(config.model_args or {})  # a network of one's own: its own options (--model.width 8)
     if stacks_copies(config):
         return build_copies(model_class, config, {**offered, **chosen}, data)
+    network = model_class.__name__
+    if not issubclass(model_class, L.LightningModule):  # a plain nn.Module, which Wrapped trains
+        offered.update(network=class_spelling(model_class), network_args=config.model_args or {})
+        chosen = {key: value for key, value in chosen.items() if key not in offered["network_args"]}
+        model_class = Wrapped
     accepted = inspect.signature(model_class).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     refused = [key for key in chosen if not (takes_all or key in accepted)]
     if refused:
-        raise UsageError(f"--{refused[0]}: {model_class.__name__}'s constructor takes no {refused[0]} argument")
+        raise UsageError(f"--{refused[0]}: {network}'s constructor takes no {refused[0]} argument")
     try:
         return model_class(**{k: v for k, v in offered.items() if takes_all or k in accepted}, **chosen)
     except TypeError as error:  # a network of one's own whose constructor wants an argument of its own
-        reason, network = one_line_of(error), model_class.__name__
+        reason = one_line_of(error)
         raise UsageError(reason if reason.startswith(network) else f"{network}: {reason}") from None
 
 
@@ -154,7 +150,7 @@ def check_forward(model: TutorialModule, data: ClassificationData) -> None:
     one's own with no forward, or layers that do not fit the data, is refused in one line and leaves no run
     folder, rather than failing in its first step. Nothing the fit sees changes: evaluation mode (no batch
     statistics updated), no gradient, and the random state as it was."""
-    name, points = type(model).__name__, data.x_train[:2]
+    name, points = model.network_name, data.x_train[:2]
     training = model.training
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():

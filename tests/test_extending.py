@@ -22,29 +22,44 @@ from tests.test_tutorial import read_scalars
 DOC = (ROOT / "docs" / "extending.md").read_text()
 
 
-def fenced_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", DOC, flags=re.S | re.M)
+def fenced_blocks(language: str, section: str) -> list[str]:
+    text = DOC.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
 
 
-def worked_example() -> tuple[str, str, dict[str, str]]:
-    """The example's code, its command, and the row of the table the doc says it prints."""
-    (code,) = fenced_blocks("python")
-    (command,) = fenced_blocks("bash")
-    (output,) = fenced_blocks("text")
-    header, row = (line.split() for line in output.splitlines())
-    return code, command.strip(), dict(zip(header, row))
+def example(section: str) -> tuple[str, str, dict[str, str]]:
+    """A section's code, its command, and the row of the table the doc says it prints."""
+    (code,) = fenced_blocks("python", section)
+    (command,) = fenced_blocks("bash", section)
+    (output,) = fenced_blocks("text", section)
+    return code, command.strip(), table_row(output)
 
 
-def test_the_worked_example_runs_as_written_and_prints_what_the_doc_says(tmp_path):
-    code, command, printed = worked_example()
-    (tmp_path / "my_net.py").write_text(code)  # "save this as my_net.py in the project's folder"
+def table_row(table: str) -> dict[str, str]:
+    """The summary table's one row by column, cut where the header's names start (a cell may be empty)."""
+    header, row = table.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    cells = [row[start:end].strip() for start, end in zip(starts, [*starts[1:], None])]
+    return dict(zip(header.split(), cells))
+
+
+EXAMPLES = [
+    ("A worked example", "my_net.py"),
+    ("A plain nn.Module", "first_network.py"),
+    ("A LightningModule of your own", "two_layers.py"),
+]
+
+
+@pytest.mark.parametrize(("section", "file"), EXAMPLES)
+def test_the_examples_run_as_written_and_print_what_the_doc_says(tmp_path, section, file):
+    code, command, printed = example(section)
+    (tmp_path / file).write_text(code)  # "save this as my_net.py in the project's folder"
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # ... a folder of the user's, not the package's
     program, *args = shlex.split(command)
     assert program == "python"
     result = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    header, row = (line.split() for line in result.stdout.splitlines())
-    measured = dict(zip(header, row))
+    measured = table_row(result.stdout)
     for column in ("model", "initial_loss", "final_loss", "train_acc", "val_acc", "device"):
         assert measured[column] == printed[column], column
     run_dir = tmp_path / "lightning_logs" / printed["model"] / "version_0"
@@ -56,7 +71,7 @@ def test_a_subclass_in_a_module_of_ones_own_gets_the_projects_training(tmp_path,
     """The module form (my_net.SquaresNet, importable from the working directory), in-process: a point
     every epoch and a validation every 10 (by default the largest power of ten that leaves ten validations;
     the fast path trains the epochs between), and the chosen optimizer."""
-    code, _, _ = worked_example()
+    code, _, _ = example("A worked example")
     (tmp_path / "my_net.py").write_text(code)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -7,6 +7,7 @@ from mlnet_lightning.models.mlp import MLP
 from mlnet_lightning.models.parameter import Parameter
 from mlnet_lightning.models.scratch import Scratch
 from mlnet_lightning.models.sequential import Sequential
+from mlnet_lightning.models.wrapped import Wrapped
 
 TUTORIAL_MODELS: dict[str, type[TutorialModule]] = {
     "scratch": Scratch,
@@ -28,4 +29,5 @@ __all__ = [
     "Linear",
     "Sequential",
     "MLP",
+    "Wrapped",
 ]

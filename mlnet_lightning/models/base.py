@@ -71,7 +71,7 @@ class TutorialModule(L.LightningModule):
 
     fast_path = True
     # Properties that torch.jit.script (to_torchscript) must not compile: only training reads them.
-    __jit_unused_properties__ = [*L.LightningModule.__jit_unused_properties__, "updates_by_hand"]
+    __jit_unused_properties__ = [*L.LightningModule.__jit_unused_properties__, "updates_by_hand", "network_name"]
 
     def __init__(
         self,
@@ -116,6 +116,11 @@ class TutorialModule(L.LightningModule):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.__signature__ = passed_on_signature(cls)
+
+    @property
+    def network_name(self) -> str:
+        """The network's name, as the progress bar and the messages give it."""
+        return type(self).__name__
 
     @property
     def updates_by_hand(self) -> bool:
