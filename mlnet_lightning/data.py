@@ -200,15 +200,6 @@ class ClassificationData(L.LightningDataModule):
         # Each DDP process uses its own share; the whole data stays (pictures draw it).
         rank, processes = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         self.shares = {name: process_share(*xy, rank, processes, equal=name == "train") for name, xy in splits.items()}
-        # Batches of a few hundred rows gain nothing from a second CPU thread, and lose up to 8x
-        # whenever that thread must wait for a core (measured: 0.75 against 4-6 ms an epoch).
-        self._threads = torch.get_num_threads()
-        # Only for a fit (teardown gives the thread back): a data module set up on its own changes nothing.
-        if trainer is not None and device.type == "cpu" and min(self.batch_size, len(self.x_train)) < 4096:
-            torch.set_num_threads(1)
-
-    def teardown(self, stage: str) -> None:
-        torch.set_num_threads(self._threads)
 
     def train_dataloader(self) -> TensorBatches:
         x, y = self.shares["train"]

@@ -30,6 +30,7 @@ from mlnet_lightning.fastpath import fast_forward
 from mlnet_lightning.fastpath.updates import is_plain_sgd
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
 from mlnet_lightning.models.base import HandUpdate, check_finite
+from mlnet_lightning.threads import FitThreads
 
 # Elementwise activations: they apply to class-planar tensors unchanged.
 ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
@@ -184,6 +185,7 @@ class StackedCopies(L.LightningModule):
         network_path = f"{network.__module__}.{network.__qualname__}"
         self.save_hyperparameters({"network": network_path, "seeds": list(seeds), "lrs": list(lrs), **network_options})
         self.automatic_optimization = False
+        self.fit_threads = FitThreads()
         self.learning_rates = list(lrs)
         self.seeds = [seed for _ in lrs for seed in seeds]
         self.lrs = [lr for lr in lrs for _ in seeds]
@@ -246,7 +248,11 @@ class StackedCopies(L.LightningModule):
             tensor.grad = None
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.fit_threads.choose(batch[0], self.device)
         fast_forward(self, batch)
+
+    def on_train_end(self) -> None:
+        self.fit_threads.give_back()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

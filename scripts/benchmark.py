@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from mlnet_lightning.baseline import fit_plain, fit_tutorial, one_cpu_thread
 from mlnet_lightning.cli import _quiet_lightning, build_parser
-from mlnet_lightning.data import BlobData
+from mlnet_lightning.data import BlobData, TensorBatches
 from mlnet_lightning.models import TUTORIAL_MODELS, Sequential, TutorialModule
 from mlnet_lightning.runs import train_one
 
@@ -98,6 +99,91 @@ def python_api_case(repeats: int) -> dict:
     summary = {"device": "cpu", "final_loss": float(trainer.callback_metrics["train/loss"])}
     return row("Python API: Trainer(...).fit(Sequential(), BlobData()), 10k epochs vs plain loop recording nothing",
                summary, 10_000, plain_times, trainer_times, plain.losses[-1])  # fmt: skip
+
+
+class LightningOnly(L.LightningModule):
+    """The tutorial's nn.Sequential as a Lightning user writes it without the project: what Lightning's own
+    loop costs for a DataLoader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 4))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/acc", (self.net(x).argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.2)
+
+
+def sequential() -> Sequential:
+    """Sequential(logits=True) in Lightning's own loop: a DataLoader of one's own has no fast path anyway."""
+    model = Sequential(logits=True)
+    model.fast_path = False
+    return model
+
+
+def dataloader_cases(repeats: int) -> list[dict]:
+    """`Sequential(logits=True)`, 1,000 epochs through a user's Trainer (defaults on), fed by a DataLoader of
+    one's own over the training tensors (and the same network without the project, for Lightning's own cost
+    of that DataLoader), by BlobData with the fast path off, and by the tensors as TensorBatches, each
+    against the plain loop recording nothing; the process's threads as Python leaves them (two here)."""
+    data = BlobData()
+    own = {
+        "train_dataloaders": DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=750),
+        "val_dataloaders": DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=250),
+    }
+    fits = {  # what makes the module, and what it is fitted on
+        "Sequential(logits=True) on your DataLoader(TensorDataset, batch_size=750)": (sequential, own),
+        "the same network as a LightningModule without the project, same DataLoader": (LightningOnly, own),
+        "Sequential(logits=True) on BlobData(), fast path off (Lightning's own loop)": (
+            sequential,
+            {"datamodule": data},
+        ),
+        "Sequential(logits=True) on your tensors as TensorBatches(x, y), the fast path on": (
+            lambda: Sequential(logits=True),
+            {
+                "train_dataloaders": TensorBatches(data.x_train, data.y_train),
+                "val_dataloaders": TensorBatches(data.x_val, data.y_val),
+            },
+        ),
+    }
+    times: dict[str, list[float]] = {label: [] for label in fits}
+    summaries: dict[str, dict] = {}
+    plain_times = []
+    for _ in range(repeats):
+        with one_cpu_thread():
+            plain = fit_tutorial(
+                "sequential", data.x_train, data.y_train, data.x_val, data.y_val, 1000, logits=True, record=False
+            )
+        plain_times.append(plain.seconds)
+        for label, (network, loaders) in fits.items():
+            with tempfile.TemporaryDirectory() as root:
+                model = network()
+                trainer = L.Trainer(max_epochs=1000, check_val_every_n_epoch=100, default_root_dir=root)
+                start = time.perf_counter()
+                trainer.fit(model, **loaders)
+                times[label].append(time.perf_counter() - start)
+                summaries[label] = {"device": "cpu", "final_loss": float(trainer.callback_metrics["train/loss"])}
+    return [
+        row(
+            f"Python API: {label}, 1k epochs vs plain loop",
+            summaries[label],
+            1000,
+            plain_times,
+            seconds,
+            plain.losses[-1],
+        )  # fmt: skip
+        for label, seconds in times.items()
+    ]
 
 
 def five_plain_loops() -> float:
@@ -227,7 +313,8 @@ def main() -> None:
             rows.append(large_case(4096, 2 if args.accelerator == "cpu" else 5, args.accelerator, device, root))
     if args.accelerator == "cpu":
         rows.append(python_api_case(args.repeats))
-        print_table(rows[-1:])
+        rows += dataloader_cases(args.repeats)
+        print_table(rows[-5:])
         plain_s = five_plain_loops()
         rows.append(main_command_case(args.repeats, plain_s))  # the networks at once, one process each (the default)
         rows.append(main_command_case(1, plain_s, "--jobs", "1"))  # one after the other, in one process

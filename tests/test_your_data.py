@@ -1,0 +1,54 @@
+"""Tensors of one's own, brought as a Lightning user brings them: a DataLoader, or the project's loader of
+tensors for the fast path. The same numbers either way, and no thread count left changed."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlnet_lightning.data import BlobData, TensorBatches
+from mlnet_lightning.models import Sequential
+from tests.test_lightning_native import assert_same, counting_bulk_epochs
+
+
+class ThreadsSeen(L.Callback):
+    """The CPU threads each training epoch ran on."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen.add(torch.get_num_threads())
+
+
+def fit(tmp_path, loaders: dict, callbacks: list) -> tuple[dict, int]:
+    model = Sequential(logits=True)
+    bulk = counting_bulk_epochs(model)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=300, check_val_every_n_epoch=100, default_root_dir=tmp_path, callbacks=callbacks
+    )
+    trainer.fit(model, **loaders)
+    return model.state_dict(), sum(bulk)
+
+
+def test_your_tensors_train_the_same_through_a_dataloader_or_tensorbatches(tmp_path):
+    data = BlobData()
+    (x, y), validation = (data.x_train, data.y_train), (data.x_val, data.y_val)
+    dataloader = {
+        "train_dataloaders": DataLoader(TensorDataset(x, y), batch_size=750),
+        "val_dataloaders": DataLoader(TensorDataset(*validation), batch_size=250),
+    }
+    tensors = {"train_dataloaders": TensorBatches(x, y), "val_dataloaders": TensorBatches(*validation)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as Python starts on this machine (the tests' own loops run on one)
+    try:
+        seen = ThreadsSeen()
+        through_dataloader, dataloader_bulk = fit(tmp_path / "dataloader", dataloader, [seen])
+        assert seen.seen == {1} and torch.get_num_threads() == 2  # one thread for the fit, given back at its end
+        through_tensors, tensors_bulk = fit(tmp_path / "tensors", tensors, [])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert dataloader_bulk == 0 and tensors_bulk > 290  # TensorBatches: the fast path
+    assert_same(through_dataloader, through_tensors, "parameters")
