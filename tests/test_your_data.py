@@ -1,14 +1,15 @@
 """Tensors of one's own, brought as a Lightning user brings them: a DataLoader, or the project's loader of
-tensors for the fast path. The same numbers either way, and no thread count left changed."""
+tensors for the fast path. The same numbers either way, and no thread count or random state left changed."""
 
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlnet_lightning.data import BlobData, TensorBatches
-from mlnet_lightning.models import Sequential
+from mlnet_lightning.models import MODELS, Sequential, Wrapped
 from tests.test_lightning_native import assert_same, counting_bulk_epochs
 
 
@@ -52,3 +53,15 @@ def test_your_tensors_train_the_same_through_a_dataloader_or_tensorbatches(tmp_p
         torch.set_num_threads(threads)
     assert dataloader_bulk == 0 and tensors_bulk > 290  # TensorBatches: the fast path
     assert_same(through_dataloader, through_tensors, "parameters")
+
+
+@pytest.mark.parametrize("name", [*MODELS, "wrapped"])
+def test_making_a_network_leaves_the_callers_random_numbers_alone(name):
+    """A network seeds its own parameters, as the tutorial does, without reseeding the caller's draws."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    network = Wrapped("torch.nn.Linear", {"in_features": 2, "out_features": 4}) if name == "wrapped" else MODELS[name]()
+    assert torch.equal(torch.rand(3), expected)
+    again = Wrapped("torch.nn.Linear", {"in_features": 2, "out_features": 4}) if name == "wrapped" else MODELS[name]()
+    assert_same(network.state_dict(), again.state_dict(), "parameters")  # still its seed's

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -273,6 +274,15 @@ class TutorialModule(L.LightningModule):
         for name in names:
             self.stage_metrics[name].reset()
         self.log_dict(values, sync_dist=self.trainer.world_size > 1)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The tutorial's torch.manual_seed right before a network's parameters are drawn, with the caller's CPU
+    random state given back afterwards: making a network changes no one else's random numbers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def check_finite(losses: Tensor, first_epoch: int) -> None:

@@ -1,9 +1,8 @@
 """NN.Linear and Optim: nn.Linear layers make the weights, torch.optim.SGD updates them."""
 
-import torch
 from torch import Tensor, nn
 
-from mlnet_lightning.models.base import TutorialModule
+from mlnet_lightning.models.base import TutorialModule, seeded
 from mlnet_lightning.models.scratch import softmax
 
 
@@ -12,9 +11,9 @@ class Linear(TutorialModule):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        torch.manual_seed(self.hparams.seed)
-        self.lin1 = nn.Linear(self.hparams.num_features, 2)
-        self.lin2 = nn.Linear(2, self.hparams.num_classes)
+        with seeded(self.hparams.seed):
+            self.lin1 = nn.Linear(self.hparams.num_features, 2)
+            self.lin2 = nn.Linear(2, self.hparams.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         a1 = self.lin1(x)

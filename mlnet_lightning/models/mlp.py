@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mlnet_lightning.models.base import TutorialModule
+from mlnet_lightning.models.base import TutorialModule, seeded
 
 Activation = Literal["sigmoid", "tanh", "relu", "gelu"]
 Init = Literal["tutorial", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"]
@@ -72,14 +72,15 @@ class MLP(TutorialModule):
             raise ValueError(f"unknown init {init!r}: choose {', '.join(INITS)}")
         sizes = [self.hparams.num_features, *hidden, self.hparams.num_classes]
         layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
-        self.net = nn.Sequential(*layers[:-1])  # no activation after the output layer
-        torch.manual_seed(self.hparams.seed)  # right before the initialisation draws, as the tutorial seeds
-        with torch.no_grad():
-            for layer in self.net[::2]:
-                INITS[init](layer.weight)
-                layer.bias.zero_()
+        with seeded(self.hparams.seed):
+            for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+                layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+            self.net = nn.Sequential(*layers[:-1])  # no activation after the output layer
+            torch.manual_seed(self.hparams.seed)  # again, right before the initialisation draws, as the tutorial seeds
+            with torch.no_grad():
+                for layer in self.net[::2]:
+                    INITS[init](layer.weight)
+                    layer.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor
 
-from mlnet_lightning.models.base import TutorialModule
+from mlnet_lightning.models.base import TutorialModule, seeded
 
 
 def softmax(a: Tensor) -> Tensor:
@@ -18,11 +18,11 @@ class Scratch(TutorialModule):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         n_in, hidden, n_out = self.hparams.num_features, 2, self.hparams.num_classes
-        torch.manual_seed(self.hparams.seed)
-        self.keep("weights1", torch.randn(n_in, hidden) / math.sqrt(2))
-        self.keep("bias1", torch.zeros(hidden))
-        self.keep("weights2", torch.randn(hidden, n_out) / math.sqrt(2))
-        self.keep("bias2", torch.zeros(n_out))
+        with seeded(self.hparams.seed):
+            self.keep("weights1", torch.randn(n_in, hidden) / math.sqrt(2))
+            self.keep("bias1", torch.zeros(hidden))
+            self.keep("weights2", torch.randn(hidden, n_out) / math.sqrt(2))
+            self.keep("bias2", torch.zeros(n_out))
 
     def keep(self, name: str, tensor: Tensor) -> None:
         # A buffer, not a parameter: a raw tensor that the Trainer still moves and checkpoints.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mlnet_lightning.imports import class_spelling, import_named
-from mlnet_lightning.models.base import TutorialModule
+from mlnet_lightning.models.base import TutorialModule, seeded
 
 
 class Wrapped(TutorialModule):
@@ -45,5 +44,5 @@ def make_network(name: str, options: dict[str, Any], hparams: dict[str, Any]) ->
         raise TypeError(f"{name} is not an nn.Module")
     accepted = inspect.signature(network_class).parameters
     sizes = {key: hparams[key] for key in ("num_features", "num_classes") if key in accepted and key not in options}
-    torch.manual_seed(hparams["seed"])  # as the built-in networks seed right before their parameters
-    return network_class(**sizes, **options)
+    with seeded(hparams["seed"]):  # as the built-in networks seed right before their parameters
+        return network_class(**sizes, **options)
