@@ -25,8 +25,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mlnet_lightning.fastpath.lightning_internals import epochs_in_checkpoint
 from mlnet_lightning.files import atomic_path, atomic_writer, remove_temporaries, write_text
+from mlnet_lightning.internals import epochs_in_checkpoint
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"

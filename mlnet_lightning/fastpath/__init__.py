@@ -4,7 +4,7 @@ An epoch of the tutorial's networks is a few hundred microseconds of arithmetic,
 around it (hooks, logging, progress) costs more than that. So at the start of an epoch's step, a module
 that supports it trains the epochs before the next one that anything could observe: a validation, a
 checkpoint, a callback's epoch hook, the last epoch, `max_steps`. It writes the points Lightning would
-have logged for them, moves Lightning's counters on (`lightning_internals`), and the observed epoch is
+have logged for them, moves Lightning's counters on (`mlnet_lightning.internals`), and the observed epoch is
 then Lightning's own. The bulk's epochs are replayed from one captured epoch where that holds
 (`replay`: a CUDA graph on a GPU, `tape`: the epoch's operators on a CPU). Anything this cannot vouch
 for (an unknown callback with epoch or batch hooks, mini-batches, gradient clipping or accumulation,

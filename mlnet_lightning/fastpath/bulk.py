@@ -21,15 +21,16 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
 
 from mlnet_lightning.fastpath.events import log_points
-from mlnet_lightning.fastpath.lightning_internals import (
+from mlnet_lightning.fastpath.replay import TrainingState, replayed_epochs
+from mlnet_lightning.fastpath.updates import plain_update
+from mlnet_lightning.internals import (
     checkpoint_every_n_epochs,
     checks_every_train_epoch,
     count_epochs_trained,
     keep_epoch_end_metrics,
     logger_step,
+    versions_tested,
 )
-from mlnet_lightning.fastpath.replay import TrainingState, replayed_epochs
-from mlnet_lightning.fastpath.updates import plain_update
 
 # Hooks of a module or data module that would see each epoch's batch (the bulk reuses the one Lightning gave).
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
@@ -192,6 +193,8 @@ def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
     """Whether this fit's steps are exactly what `module.train_epoch` does, epoch after epoch."""
     fast_class = next((c for c in type(module).__mro__ if "train_epoch" in vars(c)), None)
     if not getattr(module, "fast_path", False) or fast_class is None or not vouched_for(module):
+        return False
+    if not versions_tested():
         return False
     if any(getattr(type(module), name) is not getattr(fast_class, name) for name in MODULE_HOOKS):
         return False

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
 
+from mlnet_lightning.internals import tensorboard_event_files, unprefixed
+
 _CRC_TABLE = np.array(CRC_TABLE, dtype=np.uint32)
 
 
@@ -19,7 +21,7 @@ def log_points(loggers: Iterable[Logger], epochs: Sequence[int], columns: dict[s
     """Log point i of every column at step epochs[i], to every logger (at once to a logger that defines
     `log_columns(steps, columns)`, as the pictures' recorder does)."""
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and not logger._prefix:
+        if isinstance(logger, TensorBoardLogger) and unprefixed(logger):
             if rank_zero_only.rank == 0:  # as TensorBoardLogger.log_metrics
                 write_tensorboard_events(logger, epochs, columns)
         elif callable(getattr(logger, "log_columns", None)):
@@ -36,9 +38,9 @@ def write_tensorboard_events(logger: TensorBoardLogger, epochs: Sequence[int], c
     checksum (~20 us an event) holds the GIL and which each checkpoint waits for. Here the events of a
     bulk are encoded and checksummed together: 10,000 epochs of 3 values took 0.02 s against 0.75-0.88 s
     through `logger.log_metrics` (docs/benchmarks.md)."""
-    event_writer = logger.experiment._get_file_writer().event_writer
+    event_writer, record_writer = tensorboard_event_files(logger)
     event_writer.flush()  # what is queued goes first; the writer thread then waits idle
-    event_writer._general_file_writer.write(frame_records(encode_events(time.time(), epochs, columns)))
+    record_writer.write(frame_records(encode_events(time.time(), epochs, columns)))
 
 
 def encode_events(wall_time: float, steps: Sequence[int], columns: dict[str, list[float]]) -> list[bytes]:

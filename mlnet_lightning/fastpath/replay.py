@@ -34,11 +34,10 @@ from typing import Any, Protocol
 import lightning as L
 import torch
 from torch import Tensor
-from torch.nn.modules import module as nn_module
 from torch.optim.lr_scheduler import LRScheduler
 
 from mlnet_lightning.fastpath.tape import OpTape
-from mlnet_lightning.fastpath.updates import has_step_hooks
+from mlnet_lightning.internals import has_step_hooks, runs_python_hooks
 
 WARMUP_EPOCHS = 3  # eager epochs before the capture, as CUDA graphs want (lazy initialisations, on a side stream)
 CHECKED_EPOCHS = 3  # replayed epochs compared with eager ones before the graph is trusted
@@ -142,18 +141,6 @@ def replayed_epochs(
         replayer = ReplayedEpochs(GRAPHS[x.device.type], type(module).__name__)
         optimizer._replayed_epochs = replayer  # one per fit: the fit's optimizer holds it, and frees it with it
     return replayer
-
-
-def runs_python_hooks(module: torch.nn.Module) -> bool:
-    """Whether an epoch would call Python hooks that a replay would not: the modules' forward and backward
-    hooks (their own or torch's global ones) and the gradient hooks of their tensors. No public API lists
-    them; these are the attributes `register_*_hook` fills."""
-    tables = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
-    if any(getattr(nn_module, f"_global{table}") for table in tables):
-        return True
-    if any(getattr(submodule, table) for submodule in module.modules() for table in tables):
-        return True
-    return any(t._backward_hooks or t._post_accumulate_grad_hooks for t in (*module.parameters(), *module.buffers()))
 
 
 def replayable_step(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> bool:

@@ -14,9 +14,10 @@ whose shapes depend on the data. Python state of its own (a counter in `forward`
 replayer's comparison with eager epochs only if it shows within the compared epochs, as with a CUDA
 graph: such a network sets `replay = False`.
 
-Two names come from torch's internals: `TorchDispatchMode` (the documented way to see operators below
-autograd, kept in `torch.utils._python_dispatch`) and `OpOverload._op`. tests/test_replay.py pins both
-against the installed torch: without them every capture falls back, and its tests fail.
+Two names come from torch's internals (`mlnet_lightning.internals`): `TorchDispatchMode` (the documented way
+to see operators below autograd, kept in `torch.utils._python_dispatch`) and the C++ operator of an
+OpOverload. tests/test_replay.py pins both against the installed torch: without them every capture falls
+back, and its tests fail.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from mlnet_lightning.internals import TorchDispatchMode, operator_of
 
 
 def why_not_replayable(func, args: tuple) -> str | None:
@@ -110,7 +112,7 @@ class Recorder(TorchDispatchMode):
         arguments = [self.source(a, reads) for a in args] + [f"{k}={self.source(v, reads)}" for k, v in kwargs.items()]
         operator = str(func).replace(".", "_")
         # The C++ operator itself: OpOverload's Python __call__ costs a frame a call (283 against 250 us an epoch).
-        self.operators[operator] = func._op
+        self.operators[operator] = operator_of(func)
         inputs = {id(leaf) for leaf in leaves((args, kwargs)) if isinstance(leaf, Tensor)}
         targets = []
         for index, value in enumerate(results):

@@ -7,7 +7,8 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+from mlnet_lightning.internals import add_in_place, has_step_hooks
 
 
 def plain_update(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
@@ -29,12 +30,6 @@ def step_and_clear(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
-def has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether Python hooks run around `optimizer`'s steps (its own or torch's global ones)."""
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks)
-    return any(hooks) or bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks)
-
-
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a step of `optimizer` is exactly p -= lr * grad: SGD without momentum, weight decay,
     maximize or step hooks."""
@@ -53,6 +48,6 @@ def descend(optimizer: torch.optim.SGD) -> None:
     for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
-            torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+            add_in_place(params, [p.grad for p in params], alpha=-group["lr"])
         for p in params:
             p.grad = None

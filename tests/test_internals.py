@@ -1,9 +1,10 @@
-"""mlnet_lightning.fastpath.lightning_internals against the installed Lightning: epochs trained in bulk leave the loop
+"""mlnet_lightning.internals against the installed Lightning: epochs trained in bulk leave the loop
 state that Lightning's own loop leaves, and the callbacks' settings are read as they were given."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from datetime import timedelta
 
 import lightning as L
@@ -11,10 +12,11 @@ import pytest
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 
+from mlnet_lightning import internals
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.fastpath.lightning_internals import checkpoint_every_n_epochs, checks_every_train_epoch
+from mlnet_lightning.internals import checkpoint_every_n_epochs, checks_every_train_epoch
 from mlnet_lightning.models import Scratch, Sequential
-from tests.test_lightning_native import counting_bulk_epochs
+from tests.test_lightning_native import assert_same, counting_bulk_epochs
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
 STEP_LR = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 7, "gamma": 0.5}}
@@ -88,7 +90,7 @@ def test_epochs_trained_in_bulk_leave_lightnings_loop_state(make_model):
 
 
 def saves_and_checks(callback: Callback, **trainer_options) -> tuple:
-    """What lightning_internals reads of a ModelCheckpoint or EarlyStopping once a fit has set it up."""
+    """What mlnet_lightning.internals reads of a ModelCheckpoint or EarlyStopping once a fit has set it up."""
     read = []
 
     class Reader(Callback):
@@ -130,3 +132,44 @@ def test_checks_every_train_epoch_reads_what_early_stopping_was_given(
 ):
     callback = EarlyStopping("val/loss", check_on_train_epoch_end=check_on_train_epoch_end, strict=False)
     assert saves_and_checks(callback, check_val_every_n_epoch=check_val_every_n_epoch) is expected
+
+
+def test_the_installed_versions_are_the_tested_ones():
+    """A new torch, Lightning or TensorBoard must be tested before TESTED names it (else the fast path is off)."""
+    assert internals.untested_versions() == []
+
+
+def test_the_fast_path_steps_aside_with_one_warning_on_a_version_it_was_not_tested_on(monkeypatch):
+    monkeypatch.setitem(internals.TESTED, "lightning", "2.5")  # as if lightning 2.6 were new
+    internals.versions_tested.cache_clear()
+    fitted = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for fast_path in (True, False):
+                model = Sequential()
+                model.fast_path = fast_path
+                bulk = counting_bulk_epochs(model)
+                L.Trainer(max_epochs=200, check_val_every_n_epoch=100, **QUIET).fit(model, BlobData())
+                fitted.append((model.state_dict(), sum(bulk)))
+    finally:
+        internals.versions_tested.cache_clear()
+    [warning] = [w for w in caught if issubclass(w.category, internals.UntestedVersion)]
+    assert "tested with torch 2.13, lightning 2.5, tensorboard 2.21, and lightning 2.6." in str(warning.message)
+    (on, bulk_on), (off, _) = fitted
+    assert bulk_on == 0
+    assert_same(on, off, "parameters")
+
+
+def test_an_untested_version_can_be_tried_on_purpose(monkeypatch):
+    """What scripts/gpu_check.py does on a GPU machine's own torch: the test of a version not yet in TESTED."""
+    monkeypatch.setitem(internals.TESTED, "torch", "2.11")
+    monkeypatch.setenv(internals.TRY_UNTESTED, "1")
+    internals.versions_tested.cache_clear()
+    try:
+        model = Sequential()
+        bulk = counting_bulk_epochs(model)
+        L.Trainer(max_epochs=200, check_val_every_n_epoch=100, **QUIET).fit(model, BlobData())
+    finally:
+        internals.versions_tested.cache_clear()
+    assert sum(bulk) > 190
