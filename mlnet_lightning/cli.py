@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import warnings
-from argparse import ArgumentError
+from argparse import Action, ArgumentError
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import lightning.pytorch.callbacks
 import torch
-from jsonargparse import ActionConfigFile, Namespace
+from jsonargparse import ActionConfigFile, DefaultHelpFormatter, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities import rank_zero_only
@@ -103,13 +103,37 @@ JSONARGPARSE_NOISE = (
 )
 
 
+# The project's classes that its class options offer: the data sets. Its callbacks, loggers, checkpoint IO and
+# hand-written update are parts of every run (each run adds its own), not choices.
+OFFERED_PROJECT_CLASSES = "mlnet_lightning.data."
+
+
+def _offered(known: re.Match) -> str:
+    paths = [
+        path
+        for path in known.group(1).split(", ")
+        if not path.startswith("mlnet_lightning.") or path.startswith(OFFERED_PROJECT_CLASSES)
+    ]
+    return f", known subclasses: {', '.join(paths)}" if paths else ""
+
+
+class OfferedClassesHelp(DefaultHelpFormatter):
+    """jsonargparse's help, whose lists of a class option's known subclasses (every subclass imported, the
+    project's internal callbacks included) keep only the classes one may give."""
+
+    def _get_help_string(self, action: Action) -> str:
+        # A Union of the classes offered would refuse the callbacks and loggers of one's own (an import path).
+        return re.sub(r", known subclasses: ([^)]*)", _offered, super()._get_help_string(action))
+
+
 def build_parser(trainer: bool = True) -> LightningArgumentParser:
     """train.py's options: the project's, then (unless `trainer` is False, for the short --help) the Trainer's."""
     parser = LightningArgumentParser(
         prog="train.py",
         description="Train the feed-forward networks of the PyTorch nn tutorial with Lightning.",
         exit_on_error=False,
-        usage=None if trainer else "train.py [fit] [options]",  # the short --help lists them below
+        formatter_class=OfferedClassesHelp,
+        usage=None if trainer else "train.py [fit|validate|test|predict] [options]",  # the short --help says more
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     parser.add_argument("--model", type=str, default="all", help=MODEL_HELP)
@@ -208,11 +232,14 @@ TRAINER_DEFAULTS = {
 }
 
 
+# The Trainer's options: train.py's at the top level, and as LightningCLI's --trainer.X.
+TRAINER_OPTIONS = list(inspect.signature(L.Trainer).parameters)
+
+
 def short_help() -> str:
     """--help: the project's options in full, the Trainer's by name (`--help trainer`: all of them, documented)."""
     names = [
-        f"--{name}" + (f" ({TRAINER_DEFAULTS[name]})" if name in TRAINER_DEFAULTS else "")
-        for name in inspect.signature(L.Trainer).parameters
+        f"--{name}" + (f" ({TRAINER_DEFAULTS[name]})" if name in TRAINER_DEFAULTS else "") for name in TRAINER_OPTIONS
     ]
     trainer = textwrap.fill(", ".join(names), width=100, initial_indent="  ", subsequent_indent="  ")
     # jsonargparse lists every subclass a class option could take (torch's optimizers and schedulers, 30 lines,
@@ -220,8 +247,12 @@ def short_help() -> str:
     project = re.sub(r",\s+known\s+subclasses:[^)]*\)", ")", build_parser(trainer=False).format_help())
     return (
         project.rstrip()
-        + "\n\nLightning's Trainer options, at the top level with Lightning's meaning and defaults but those "
-        "in parentheses\n(`train.py --help trainer` documents each):\n" + trainer + "\n"
+        + "\n\nLightning's Trainer options, at the top level (or as LightningCLI's --trainer.max_epochs ...) with "
+        "Lightning's meaning\nand defaults but those in parentheses (`train.py --help trainer` documents each):\n"
+        + trainer
+        + "\n\nLightningCLI's subcommands: fit (what train.py does; optional), validate and test --ckpt_path PATH|last "
+        "(evaluate.py),\npredict --ckpt_path PATH|last --input points.csv --output FILE|- (predict.py); "
+        "`train.py validate --help` says more.\n"
     )
 
 
@@ -230,6 +261,19 @@ RENAMED = {"--epochs": "--max_epochs", "--data.val_every": "--check_val_every_n_
 # Options that take one class or a list of them: given again, they add one more (jsonargparse's own
 # `--callbacks+ X`) rather than replace the one before.
 LIST_OPTIONS = ("callbacks", "logger")
+
+
+def flat_trainer_options(argv: list[str]) -> list[str]:
+    """LightningCLI's `--trainer.max_epochs 7` (`--trainer.callbacks.monitor X`, `--trainer.logger=Y`) as this
+    command's top-level `--max_epochs 7`, so that one parser and one spelling of each option serve both. A name
+    that is not the Trainer's keeps its spelling, for the did-you-mean."""
+    rewritten = []
+    for arg in argv:
+        name = arg.partition("=")[0].removeprefix("--trainer.")
+        if arg.startswith("--trainer.") and re.split(r"[.+]", name)[0] in TRAINER_OPTIONS:
+            arg = "--" + arg.removeprefix("--trainer.")
+        rewritten.append(arg)
+    return rewritten
 
 
 def appending_repeats(argv: list[str]) -> list[str]:
@@ -247,11 +291,13 @@ def appending_repeats(argv: list[str]) -> list[str]:
     return rewritten
 
 
-# LightningCLI's other subcommands, and where this project does them.
-OTHER_STAGES = {
-    "validate": "to validate a trained network: evaluate.py --ckpt PATH (or last)",
-    "test": "to test a trained network: evaluate.py --ckpt PATH --data points.csv",
-    "predict": "to predict: predict.py --ckpt PATH --input points.csv --output predictions.csv",
+# LightningCLI's other subcommands: the script each runs (given --ckpt_path as its --ckpt), and what it does.
+STAGES = {
+    "validate": "evaluate.py, the loss and accuracy on the checkpoint's validation split (or on --data points.csv)",
+    "test": "evaluate.py on the checkpoint's test split: the points drawn apart by --data.test_size, else the "
+    "validation split, as Lightning's test stage (or on --data points.csv)",
+    "predict": "predict.py, the class and class probabilities of each point of --input points.csv, written to "
+    "--output (a CSV; - for stdout)",
 }
 
 
@@ -268,14 +314,16 @@ def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
 
 
 def unrecognized(arguments: list[str], names: list[str]) -> str:
-    """The first unknown option, with the spelling this command takes: Trainer options at the top level
-    (LightningCLI's --trainer.X), underscores (--max-epochs), or the nearest names."""
+    """The first unknown option, with the spelling this command takes: underscores (--max-epochs), or the
+    nearest names; for LightningCLI's --trainer.X the Trainer's as --trainer.X, else the command's own."""
     argument = next((arg for arg in arguments if arg.startswith("--")), arguments[0])
     name = argument.removeprefix("--").partition("=")[0]
-    if name.startswith("trainer.") and name.removeprefix("trainer.") in names:
-        hint = f"; the Trainer's options are top-level here: --{name.removeprefix('trainer.')}"
-    elif name.replace("-", "_") in names:
-        hint = f"; did you mean --{name.replace('-', '_')}?"
+    prefix, choices = ("--trainer.", TRAINER_OPTIONS) if name.startswith("trainer.") else ("--", names)
+    name = name.removeprefix("trainer.")
+    if name.replace("-", "_") in choices:
+        hint = f"; did you mean {prefix}{name.replace('-', '_')}?"
+    elif prefix == "--trainer.":  # the Trainer's nearest, else the command's own (--trainer.seed: --seed)
+        hint = did_you_mean(name, choices, prefix) or did_you_mean(name, names, prefix="--")
     else:
         hint = did_you_mean(name, names, prefix="--")
     if not argument.startswith("--"):
@@ -345,7 +393,7 @@ def misspelt(error: ArgumentError, parser: LightningArgumentParser) -> UsageErro
 
 def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Namespace, list[tuple[str, type]]]:
     """The options, and the networks they name; raises ArgumentError or UsageError."""
-    argv = appending_repeats(sys.argv[1:] if argv is None else argv)
+    argv = appending_repeats(flat_trainer_options(sys.argv[1:] if argv is None else argv))
     argv, given_model_args = network_options(argv)
     if given_model_args:  # as --model_args, so that --print_config and config.yaml show them
         argv += ["--model_args", json.dumps(given_model_args)]
@@ -360,8 +408,6 @@ def parse(parser: LightningArgumentParser, argv: list[str] | None) -> tuple[Name
         raise SystemExit(0)
     if argv and argv[0] == "fit":  # LightningCLI's subcommand for what train.py does
         argv = argv[1:]
-    elif argv and argv[0] in OTHER_STAGES:
-        raise UsageError(f"{argv[0]}: train.py fits (LightningCLI's fit); {OTHER_STAGES[argv[0]]}")
     try:
         config = parser.parse_args(argv)
     except ArgumentError as error:
@@ -589,8 +635,30 @@ def run_training(program: str, train: Callable[[RunsSoFar], str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """train.py, its exit status as run_training's."""
+    """train.py, its exit status as run_training's; LightningCLI's validate, test and predict as run_stage's."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STAGES:
+        return run_stage(argv[0], argv[1:])
     return run_training("train.py", lambda runs: train_networks(argv, runs))
+
+
+def run_stage(stage: str, argv: list[str]) -> int:
+    """`train.py validate|test|predict --ckpt_path PATH ...`: the script that does it (STAGES), given its own
+    --ckpt for LightningCLI's --ckpt_path; its output and exit status."""
+    from mlnet_lightning import inference  # not at the top: it imports print_error from here
+
+    arguments = [re.sub(r"^--ckpt_path(?==|$)", "--ckpt", arg) for arg in argv]
+    if {"-h", "--help"} & set(arguments):
+        print(textwrap.fill(f"train.py {stage} runs {STAGES[stage]}. Its options, --ckpt_path given as --ckpt:") + "\n")
+    elif not any(arg.partition("=")[0] == "--ckpt" for arg in arguments):
+        print_error(
+            "train.py",
+            f"{stage} needs a checkpoint: --ckpt_path PATH (or last: the newest last.ckpt under ./lightning_logs)",
+        )
+        return 2
+    if stage == "predict":
+        return inference.predict_main(arguments)
+    return inference.evaluate_main(arguments, split="test" if stage == "test" else "val")
 
 
 def train_networks(argv: list[str] | None, runs: RunsSoFar) -> str:

@@ -215,9 +215,20 @@ def checkpoint_path(ckpt: str) -> str:
     return str(max(written, key=lambda path: path.stat().st_mtime))
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
+def held_out(data: L.LightningDataModule, split: str) -> tuple[tuple[Tensor, Tensor], str]:
+    """The points of a split the run held out, `val` or `test`, and their name. Without a test split of its
+    own (--data.test_size) the data tests on its validation split, as Lightning's test stage does."""
+    if split == "val":
+        return (data.x_val, data.y_val), "the validation split"
+    separate = data.x_test is not data.x_val
+    same = " (the validation split: trained without --data.test_size)"
+    return (data.x_test, data.y_test), "the test split" + ("" if separate else same)
+
+
+def evaluate_main(argv: list[str] | None = None, split: str = "val") -> int:
     """evaluate.py: loss and accuracy of a checkpoint on its validation split or on a labelled CSV. A
     checkpoint of stacked copies (train.py --seeds / --lrs) gets a line per copy, then their means."""
+    # `split`: the held-out split evaluated without --data; "test" for train.py test (the docstring is --help's).
     parser = ArgumentParser(prog="evaluate.py", description=evaluate_main.__doc__, exit_on_error=False)
     parser.add_argument("--ckpt", type=str, required=True, help=CKPT_HELP)
     parser.add_argument(
@@ -231,7 +242,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         args.ckpt = checkpoint_path(args.ckpt)
         model, data = load_from_working_directory(args.ckpt)
         if args.data is None:
-            chunks, source = [(data.x_val, data.y_val)], "the validation split"
+            points, source = held_out(data, split)
+            chunks = [points]
         else:
             labelled = PointsFile(args.data, data.num_features, data.num_classes)
             chunks, source = ((chunk.x, chunk.y) for chunk in labelled.chunks()), args.data

@@ -173,7 +173,7 @@ def test_the_installed_commands_and_python_m_run_the_scripts(tmp_path, linear_ru
     ("args", "line"),
     [
         (["--max-epochs", "5"], "unrecognized option --max-epochs; did you mean --max_epochs?"),
-        (["--trainer.max_epochs", "5"], "the Trainer's options are top-level here: --max_epochs"),
+        (["--trainer.max_epohcs", "5"], "unrecognized option --trainer.max_epohcs; did you mean --trainer.max_epochs"),
         (["--modle", "linear"], "unrecognized option --modle; did you mean --model?"),
         (["--model", "lineer"], "unknown model 'lineer': did you mean 'linear'?"),
         (["--callbacks", "EarlyStop"], "--callbacks: unknown class 'EarlyStop'; did you mean EarlyStopping?"),
@@ -183,7 +183,7 @@ def test_the_installed_commands_and_python_m_run_the_scripts(tmp_path, linear_ru
         (["--model.init_args.width", "8"], "--model.width: a network's own options need one network (--model NAME)"),
         (["--model", "linear", "--model.width", "8"], "--model.width: linear takes no such option (it takes none)"),
         (["--model", "mlp", "--model.hidden", "[8]"], "--model.hidden: mlp takes its options as --mlp.hidden"),
-        (["validate"], "validate: train.py fits (LightningCLI's fit); to validate a trained network: evaluate.py"),
+        (["validate"], "validate needs a checkpoint: --ckpt_path PATH (or last"),
     ],
 )
 def test_a_misspelling_gets_one_line_with_the_right_spelling(tmp_path, capsys, args, line):
