@@ -17,9 +17,9 @@ from tests.test_tutorial import read_scalars
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def test_every_config_says_what_it_shows_and_the_readme_lists_it():
-    readme = (ROOT / "README.md").read_text()
-    experiments = readme[readme.index("## Experiments") :]
+def test_every_config_says_what_it_shows_and_the_docs_list_it():
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    experiments = usage[usage.index("## Experiments") :]
     assert len(CONFIGS) >= 17
     for path in CONFIGS:
         first_line = path.read_text().splitlines()[0]
