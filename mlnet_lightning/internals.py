@@ -64,29 +64,35 @@ def versions_tested() -> bool:
     return not untested
 
 
-def count_epochs_trained(trainer: L.Trainer, epochs: int, scheduler_steps: int) -> None:
-    """Move every counter Lightning keeps on by `epochs` full-batch epochs (one batch and one optimizer
-    step each) and `scheduler_steps` learning-rate scheduler steps, as if its loop had run them."""
+def count_epochs_trained(trainer: L.Trainer, epochs: int, batches: int, scheduler_steps: int) -> None:
+    """Move every counter Lightning keeps on by `epochs` epochs of `batches` batches in all (an optimizer step
+    each) and `scheduler_steps` learning-rate scheduler steps, as if its loop had run them. The counters of the
+    current epoch's batches are left: Lightning resets them as the next epoch starts (at whose first step or
+    whose `on_train_epoch_start` the bulk runs)."""
     fit_loop = trainer.fit_loop
     epoch_loop = fit_loop.epoch_loop
-    for tracker in (fit_loop.epoch_progress.total, fit_loop.epoch_progress.current, epoch_loop.batch_progress.total):
-        tracker.ready += epochs
-        tracker.started += epochs
-        tracker.processed += epochs
-        tracker.completed += epochs
-    epoch_loop._batches_that_stepped += epochs
+    for tracker, count in (
+        (fit_loop.epoch_progress.total, epochs),
+        (fit_loop.epoch_progress.current, epochs),
+        (epoch_loop.batch_progress.total, batches),
+    ):
+        tracker.ready += count
+        tracker.started += count
+        tracker.processed += count
+        tracker.completed += count
+    epoch_loop._batches_that_stepped += batches
     if trainer.lightning_module.automatic_optimization:
         optimizer = epoch_loop.automatic_optimization.optim_progress.optimizer
-        optimizer.step.total.ready += epochs
-        optimizer.step.total.completed += epochs
-        optimizer.zero_grad.total.ready += epochs
-        optimizer.zero_grad.total.started += epochs
-        optimizer.zero_grad.total.completed += epochs
+        optimizer.step.total.ready += batches
+        optimizer.step.total.completed += batches
+        optimizer.zero_grad.total.ready += batches
+        optimizer.zero_grad.total.started += batches
+        optimizer.zero_grad.total.completed += batches
     else:  # a manual optimization's counters are never reset by epoch: "current" counts all steps too
         progress = epoch_loop.manual_optimization.optim_step_progress
         for steps in (progress.total, progress.current):
-            steps.ready += epochs
-            steps.completed += epochs
+            steps.ready += batches
+            steps.completed += batches
     epoch_loop.scheduler_progress.total.ready += scheduler_steps
     epoch_loop.scheduler_progress.total.completed += scheduler_steps
 

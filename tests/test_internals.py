@@ -59,30 +59,37 @@ class LoopStates(Callback):
         self.record(trainer, "end")
 
 
-def loop_states(make_model, fast_path: bool) -> tuple[list[tuple], int]:
+def loop_states(make_model, batch_size: int | None, fast_path: bool) -> tuple[list[tuple], int]:
     """The states LoopStates records, and how many epochs the fast path trained in bulk."""
     model = make_model()
     model.fast_path = fast_path
     bulk = counting_bulk_epochs(model)
     states = LoopStates()
     trainer = L.Trainer(accelerator="cpu", max_epochs=64, check_val_every_n_epoch=25, callbacks=[states], **QUIET)
-    trainer.fit(model, BlobData())
+    trainer.fit(model, BlobData(batch_size=batch_size))
     return states.states, sum(bulk)
 
 
 @pytest.mark.parametrize(
-    "make_model",
+    ("make_model", "batch_size"),
     [
-        Sequential,  # automatic optimization
-        Scratch,  # manual optimization (a hand-written update)
-        lambda: Sequential(lr_scheduler=STEP_LR),  # a scheduler stepped every epoch
-        lambda: StepIntervalSchedule(lr_scheduler=STEP_LR),  # ... every step
+        (Sequential, None),  # automatic optimization
+        (Scratch, None),  # manual optimization (a hand-written update)
+        (lambda: Sequential(lr_scheduler=STEP_LR), None),  # a scheduler stepped every epoch
+        (lambda: StepIntervalSchedule(lr_scheduler=STEP_LR), None),  # ... every step
+        (Sequential, 100),  # 8 mini-batches an epoch, the last of 50 points
+        (Scratch, 100),
+        (lambda: Sequential(lr_scheduler=STEP_LR), 100),
+        (lambda: StepIntervalSchedule(lr_scheduler=STEP_LR), 100),  # 8 scheduler steps an epoch
     ],
-    ids=["automatic", "manual", "epoch-scheduler", "step-scheduler"],
-)
-def test_epochs_trained_in_bulk_leave_lightnings_loop_state(make_model):
-    bulk, bulk_epochs = loop_states(make_model, fast_path=True)
-    own, own_epochs = loop_states(make_model, fast_path=False)
+    ids=[
+        "automatic", "manual", "epoch-scheduler", "step-scheduler",
+        "mini-batch-automatic", "mini-batch-manual", "mini-batch-epoch-scheduler", "mini-batch-step-scheduler",
+    ],
+)  # fmt: skip
+def test_epochs_trained_in_bulk_leave_lightnings_loop_state(make_model, batch_size):
+    bulk, bulk_epochs = loop_states(make_model, batch_size, fast_path=True)
+    own, own_epochs = loop_states(make_model, batch_size, fast_path=False)
     assert bulk_epochs > 40 and own_epochs == 0
     assert [state[:3] for state in bulk] == [state[:3] for state in own]
     for state, expected in zip(bulk, own):

@@ -6,6 +6,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import lightning as L
 from lightning.pytorch.callbacks import (
@@ -60,14 +61,18 @@ MAX_BULK = 1000
 DEADLINE_MARGIN_S = 1.0
 
 
-def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int:
+def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor] | None) -> int:
     """Train the unobserved epochs that start at the current one; returns how many.
+
+    Full-batch epochs are trained at the start of the epoch's step, from its `batch`; mini-batch epochs of
+    the project's loader (`batch` None) at the start of the epoch, before Lightning cuts its batches: they are
+    cut after `on_train_epoch_start`, so its own epoch after the bulk comes in that epoch's order.
 
     Whatever stops it (Ctrl-C, an exception, a failed write) finds Lightning's counters and the weights
     agreeing: an exception puts the weights back as they were before the bulk, and Ctrl-C ends the bulk
     after its epoch, the counters moved on, and is raised then."""
     trainer = module.trainer
-    ahead = unobserved_epochs(trainer, module)
+    ahead = unobserved_epochs(trainer, module, mini_batches=batch is None)
     if ahead == 0:
         return 0
     optimizer = trainer.optimizers[0]
@@ -84,52 +89,97 @@ def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor]) -> int
 
 
 def train_in_bulk(
-    module: L.LightningModule, batch: tuple[Tensor, Tensor], ahead: int, interrupted: Callable[[], bool]
+    module: L.LightningModule, batch: tuple[Tensor, Tensor] | None, ahead: int, interrupted: Callable[[], bool]
 ) -> int:
-    """Train up to `ahead` epochs, log their points and count them in Lightning's loop."""
+    """Train up to `ahead` epochs (mini-batch ones where `batch` is None), log their points and count them in
+    Lightning's loop."""
     trainer = module.trainer
-    x, y = batch
     optimizer = trainer.optimizers[0]
     update = plain_update(module, optimizer)
-    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
     stopping = stop_condition(trainer, interrupted)
     if module.automatic_optimization:
         optimizer.zero_grad()  # as Lightning does before a step's backward: the last step left its gradients
-    records, rates = [], []
+    first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
     # The context Lightning's training_step runs in (64-true: float64 as the default dtype).
     with trainer.precision_plugin.train_step_context():
-        replayer = replayed_epochs(module, optimizer, x, y)  # the epochs replayed from one captured epoch
-        if replayer is not None:
-            records = replayer.train(module, optimizer, x, y, update, ahead, stopping)
+        if batch is None:
+            loader = trainer.train_dataloader
+            # The conversions Lightning makes of each batch, made once: cut before or after, the same numbers.
+            x, y = trainer.strategy.batch_to_device(trainer.precision_plugin.convert_input((loader.x, loader.y)))
+            records, rates = train_eagerly(module, partial(epoch_batches, loader, x, y), update, ahead, stopping)
+            sizes = [len(part) for part in y.split(loader.batch_size)]  # TensorBatches' cuts: the last may be smaller
+            points = module.mini_batch_points(records, sizes, rates, first_epoch) if records else {}
         else:
-            for _ in range(ahead):
-                if stopping():
-                    break
-                if schedulers:
-                    rates.append(optimizer.param_groups[0]["lr"])
-                records.append(module.train_epoch(x, y, update))
-                for scheduler in schedulers:
-                    scheduler.step()
-        if not records:
-            return 0
-        first_epoch, first_step = trainer.current_epoch, logger_step(trainer)
-        points = module.epoch_points(records, y, rates, first_epoch)
+            x, y = batch
+            sizes = [len(y)]
+            replayer = replayed_epochs(module, optimizer, x, y)  # the epochs replayed from one captured epoch
+            if replayer is not None:
+                records, rates = replayer.train(module, optimizer, x, y, update, ahead, stopping), []
+            else:
+                records, rates = train_eagerly(module, lambda epoch: [batch], update, ahead, stopping)
+                records, rates = [record for [record] in records], [rate for [rate] in rates]
+            points = module.epoch_points(records, y, rates, first_epoch) if records else {}
     trained = len(records)
+    if not trained:
+        return 0
+    batches = len(sizes)
     columns = {name: values.tolist() for name, values in points.items()}
     columns["epoch"] = list(range(first_epoch, first_epoch + trained))  # as Lightning adds it
     if not trainer.barebones:  # where Lightning's self.log logs nothing
-        log_points(trainer.loggers, range(first_step, first_step + trained), columns)
+        # Lightning logs an epoch's end at the step of its last batch.
+        log_points(trainer.loggers, range(first_step + batches - 1, first_step + trained * batches, batches), columns)
         for logger in trainer.loggers:
             logger.save()
         keep_epoch_end_metrics(trainer, {name: values[-1].clone() for name, values in points.items()})
-    count_epochs_trained(trainer, trained, trained * len(schedulers))
+    configs = trainer.lr_scheduler_configs
+    per_epoch = sum(batches if config.interval == "step" else 1 for config in configs)
+    count_epochs_trained(trainer, trained, trained * batches, trained * per_epoch)
     return trained
 
 
-def unobserved_epochs(trainer: L.Trainer, module: L.LightningModule) -> int:
+def train_eagerly(
+    module: L.LightningModule,
+    batches_of: Callable[[int], list[tuple[Tensor, Tensor]]],
+    update: Callable[[], None],
+    ahead: int,
+    stopping: Callable[[], bool],
+) -> tuple[list[list], list[list[float]]]:
+    """Up to `ahead` epochs of the batches `batches_of(epoch)`, stepped as Lightning's loop steps them: the
+    `interval="step"` schedulers after each batch, then the others after the epoch's last. Returns each
+    epoch's batches' records and, where a scheduler moves it, the learning rates they trained at."""
+    trainer = module.trainer
+    optimizer, configs = trainer.optimizers[0], trainer.lr_scheduler_configs
+    per_step = [config.scheduler for config in configs if config.interval == "step"]
+    per_epoch = [config.scheduler for config in configs if config.interval == "epoch"]
+    records, rates = [], []
+    for epoch in range(trainer.current_epoch, trainer.current_epoch + ahead):
+        if stopping():
+            break
+        epoch_records, epoch_rates = [], []
+        for x, y in batches_of(epoch):
+            epoch_rates.append(optimizer.param_groups[0]["lr"])
+            epoch_records.append(module.train_epoch(x, y, update))
+            for scheduler in per_step:
+                scheduler.step()
+        for scheduler in per_epoch:
+            scheduler.step()
+        records.append(epoch_records)
+        if configs:
+            rates.append(epoch_rates)
+    return records, rates
+
+
+def epoch_batches(loader, x: Tensor, y: Tensor, epoch: int) -> list[tuple[Tensor, Tensor]]:
+    """The batches of (x, y) that the TensorBatches `loader` yields in `epoch`, cut by its own code: its
+    `epoch()` reads the epoch Lightning is at, which a bulk moves only once it ends."""
+    shuffled = loader.epoch is not None
+    return list(type(loader)(x, y, loader.batch_size, loader.seed, epoch=(lambda: epoch) if shuffled else None))
+
+
+def unobserved_epochs(trainer: L.Trainer, module: L.LightningModule, mini_batches: bool) -> int:
     """How many epochs, from the current one on, nothing would observe; 0 where the fast path cannot
     vouch for that."""
-    if not can_train_in_bulk(trainer, module):
+    if not can_train_in_bulk(trainer, module, mini_batches):
         return 0
     epoch = trainer.current_epoch
     observed = [next_observed_by(callback, trainer, epoch) for callback in trainer.callbacks]
@@ -137,7 +187,8 @@ def unobserved_epochs(trainer: L.Trainer, module: L.LightningModule) -> int:
     if trainer.max_epochs is not None and trainer.max_epochs >= 0:
         observed.append(trainer.max_epochs - 1)
     if trainer.max_steps >= 0:
-        observed.append(epoch + trainer.max_steps - trainer.global_step - 1)
+        steps = trainer.num_training_batches  # an optimizer step a batch: no accumulation
+        observed.append(epoch + -(-(trainer.max_steps - trainer.global_step) // steps) - 1)
     if trainer.enable_validation:
         every = trainer.check_val_every_n_epoch
         observed.append(epoch if every is None else next_multiple(epoch, every))
@@ -189,8 +240,9 @@ def vouched_for(module: L.LightningModule) -> bool:
     return False
 
 
-def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether this fit's steps are exactly what `module.train_epoch` does, epoch after epoch."""
+def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule, mini_batches: bool) -> bool:
+    """Whether this fit's steps are exactly what `module.train_epoch` does, epoch after epoch: on the full
+    batch, or on every mini-batch of the project's loader (`mini_batches`)."""
     fast_class = next((c for c in type(module).__mro__ if "train_epoch" in vars(c)), None)
     if not getattr(module, "fast_path", False) or fast_class is None or not vouched_for(module):
         return False
@@ -208,8 +260,7 @@ def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
         and not trainer.received_sigterm
         and isinstance(trainer.strategy, SingleDeviceStrategy)  # one process, the module not wrapped
         and trainer.precision in ("32-true", "64-true")
-        and trainer.num_training_batches == 1
-        and getattr(trainer.train_dataloader, "full_batch", False)  # the very same batch every epoch
+        and (cuts_mini_batches(trainer) if mini_batches else cuts_full_batch(trainer))
         and len(trainer.optimizers) == 1
         and all(plain_schedule(config) for config in trainer.lr_scheduler_configs)
         and (
@@ -223,8 +274,27 @@ def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule) -> bool:
     )
 
 
+def cuts_full_batch(trainer: L.Trainer) -> bool:
+    """Whether every epoch is the very same single batch."""
+    return trainer.num_training_batches == 1 and getattr(trainer.train_dataloader, "full_batch", False)
+
+
+def cuts_mini_batches(trainer: L.Trainer) -> bool:
+    """Whether every epoch is all the mini-batches of the project's loader, cut by `epoch_batches` as it cuts
+    them, from an epoch's start (a resumed epoch may have started before the checkpoint)."""
+    from mlnet_lightning.data import TensorBatches  # not at the top: data imports this module (through seeds)
+
+    loader = trainer.train_dataloader
+    return (
+        type(loader) is TensorBatches
+        and not loader.full_batch
+        and trainer.num_training_batches == len(loader)
+        and not trainer.fit_loop.restarting
+    )
+
+
 def plain_schedule(config) -> bool:
-    """A scheduler stepped once an epoch (or once a step: the same here) with no metric to watch."""
+    """A scheduler stepped once an epoch or once a step, with no metric to watch."""
     return config.frequency == 1 and not config.reduce_on_plateau and config.interval in ("epoch", "step")
 
 

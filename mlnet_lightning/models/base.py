@@ -67,8 +67,8 @@ class TutorialModule(L.LightningModule):
     replaces the optimizer (manual optimization), as the tutorial's first sections do.
 
     Training is Lightning's own, an epoch a pass over the training data; where nothing Lightning
-    documents would see the difference, `mlnet_lightning.fastpath` trains several full-batch epochs
-    within one step (`fast_path = False` turns that off).
+    documents would see the difference, `mlnet_lightning.fastpath` trains several epochs within one
+    hook (`fast_path = False` turns that off).
     """
 
     fast_path = True
@@ -189,6 +189,14 @@ class TutorialModule(L.LightningModule):
         metric = self.stage_metrics[name]
         return metric if metric.device == self.device else metric.to(self.device)
 
+    def on_train_epoch_start(self) -> None:
+        # Mini-batch epochs are trained in bulk here, before Lightning cuts the epoch's batches, on the threads
+        # its steps would choose.
+        loader = self.trainer.train_dataloader
+        if getattr(loader, "full_batch", True) is False:
+            self.fit_threads.choose(loader.x[: loader.batch_size], self.device)
+            fast_forward(self, None)
+
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.fit_threads.choose(batch[0], self.device)
         fast_forward(self, batch)
@@ -222,9 +230,10 @@ class TutorialModule(L.LightningModule):
             self.log_metrics("train/acc")
 
     def train_epoch(self, x: Tensor, y: Tensor, update: Callable[[], None]) -> tuple[Tensor, Tensor]:
-        """One full-batch epoch as the fast path trains it: the step above without Lightning's hooks,
-        `update` being its optimizer's step. Returns the loss and the number of points classified right
-        (kept rather than the output: a bulk holding every epoch's output ran 5-10% slower)."""
+        """One step on a batch (the full batch, or one of an epoch's mini-batches) as the fast path trains it:
+        the step above without Lightning's hooks, `update` being its optimizer's step. Returns the loss and the
+        number of points classified right (kept rather than the output: a bulk holding every epoch's output
+        ran 5-10% slower)."""
         output = self(x)
         loss = self.loss(output, y)
         loss.backward()
@@ -234,15 +243,25 @@ class TutorialModule(L.LightningModule):
     def epoch_points(
         self, records: list[tuple[Tensor, Tensor]], y: Tensor, rates: list[float], first_epoch: int
     ) -> dict[str, Tensor]:
-        """What this module's self.log calls give Lightning's epoch-end logging for epochs the fast path
-        trained: the loss through self.log's weighted mean, (loss * N) / N, and the accuracy."""
-        losses, correct = (torch.stack(column) for column in zip(*records))
-        check_finite(losses, first_epoch)
-        n = len(y)
-        points = {"train/loss": losses * n / n}
-        if rates:
-            points["train/lr"] = torch.tensor(rates, device=y.device) * n / n  # the default dtype, as self.log
-        points["train/acc"] = correct.float() / n
+        """What this module's self.log calls give Lightning's epoch-end logging for full-batch epochs the fast
+        path trained: those of mini-batch epochs of one batch."""
+        return self.mini_batch_points([[record] for record in records], [len(y)], [[r] for r in rates], first_epoch)
+
+    def mini_batch_points(
+        self, records: list[list[tuple[Tensor, Tensor]]], sizes: list[int], rates: list[list[float]], first_epoch: int
+    ) -> dict[str, Tensor]:
+        """What this module's self.log calls give Lightning's epoch-end logging for epochs the fast path trained,
+        from each epoch's batches' records (batches of `sizes` points, trained at `rates` where a scheduler
+        moves them): the loss and the rate through self.log's weighted mean, and the accuracy of the epoch."""
+        flat = [record for epoch in records for record in epoch]
+        losses, correct = (torch.stack(column).view(len(records), len(sizes)) for column in zip(*flat))
+        # Each epoch's first non-finite loss (its first loss when none), as training_step would stop at it.
+        first_bad = torch.isfinite(losses).logical_not().int().argmax(-1, keepdim=True)
+        check_finite(losses.gather(-1, first_bad).squeeze(-1), first_epoch)
+        points = {"train/loss": logged_mean(losses, sizes)}
+        if rates:  # the default dtype, as self.log makes a tensor of a float
+            points["train/lr"] = logged_mean(torch.tensor(rates, device=losses.device), sizes)
+        points["train/acc"] = correct.sum(-1).float() / sum(sizes)  # MulticlassAccuracy's micro average
         return points
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -283,6 +302,16 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def logged_mean(values: Tensor, sizes: list[int]) -> Tensor:
+    """The epoch-end value of self.log(..., batch_size=size) called with each column of `values` (one row an
+    epoch), as Lightning's result collection reduces it: its sum of value * size from 0, one batch after the
+    other, divided by the sum of the sizes."""
+    total = values.new_zeros(values.shape[:-1])
+    for column, size in zip(values.unbind(-1), sizes):
+        total = total + column * size
+    return total / sum(sizes)
 
 
 def check_finite(losses: Tensor, first_epoch: int) -> None:
