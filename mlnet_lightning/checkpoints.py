@@ -4,7 +4,6 @@ where a resumed run continues."""
 from __future__ import annotations
 
 import fcntl
-import importlib
 import inspect
 import json
 import os
@@ -26,7 +25,8 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlnet_lightning.files import atomic_path, atomic_writer, remove_temporaries, write_text
-from mlnet_lightning.internals import epochs_in_checkpoint
+from mlnet_lightning.imports import import_named
+from mlnet_lightning.internals import ClaimedVersions, epochs_in_checkpoint
 
 # The checkpoint's own record of the classes that wrote it: evaluate and predict rebuild both from it.
 RUN_KEY = "mlnet_lightning"
@@ -137,10 +137,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def import_class(path: str, base: type) -> type:
     """The class at `module.Class`, which must subclass `base`."""
-    module_name, _, name = path.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as error:
+        found = import_named(path)
+    except (ImportError, AttributeError, ValueError, FileNotFoundError) as error:
         raise CheckpointError(f"the checkpoint's class {path} cannot be imported: {error}") from None
     if not (inspect.isclass(found) and issubclass(found, base)):
         raise CheckpointError(f"the checkpoint's class {path} is not a {base.__name__}")
@@ -258,7 +257,7 @@ class BestCheckpoint(RunFileCheckpoint):
                 path.unlink(missing_ok=True)
 
 
-class RunLogger(TensorBoardLogger):
+class RunLogger(ClaimedVersions):
     """A TensorBoardLogger whose new version folder is claimed atomically: runs started together into
     one root never share a `version_N` (each takes the next free number by creating its folder, which
     fails for all but one). Only the main process claims; DDP's others write no logs."""
@@ -271,8 +270,8 @@ class RunLogger(TensorBoardLogger):
                 save_hparams_to_yaml(temporary, self.hparams)
         super().save()
 
-    def _get_next_version(self) -> int:
-        version = super()._get_next_version()
+    def claim(self, version: int) -> int:
+        """The first free version from `version` on, its folder made (by this process alone)."""
         if rank_zero_only.rank != 0:
             return version
         root = Path(self.root_dir)

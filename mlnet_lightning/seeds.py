@@ -19,18 +19,15 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from mlnet_lightning.checkpoints import import_class
-from mlnet_lightning.fastpath import fast_forward
 from mlnet_lightning.fastpath.updates import is_plain_sgd
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
-from mlnet_lightning.models.base import HandUpdate, check_finite
-from mlnet_lightning.threads import FitThreads
+from mlnet_lightning.models.base import HandUpdate, SteppedModule
 
 # Elementwise activations: they apply to class-planar tensors unchanged.
 ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus)
@@ -151,15 +148,13 @@ def human_bytes(count: float) -> str:
     return f"{count:.3g} {units[0]}"
 
 
-class StackedCopies(L.LightningModule):
+class StackedCopies(SteppedModule):
     """K copies of a network, one for each (learning rate, seed) pair, trained at once through the Trainer.
 
     Its output: each copy's final numbers and their distribution per learning rate (`extra_summary`,
     which goes into summary.json), TensorBoard histograms of the copies' validation loss and accuracy
     at every validation, and each learning rate's mean curves, a point per epoch.
     """
-
-    fast_path = True  # as TutorialModule's
 
     def __init__(
         self,
@@ -185,7 +180,6 @@ class StackedCopies(L.LightningModule):
         network_path = f"{network.__module__}.{network.__qualname__}"
         self.save_hyperparameters({"network": network_path, "seeds": list(seeds), "lrs": list(lrs), **network_options})
         self.automatic_optimization = False
-        self.fit_threads = FitThreads()
         self.learning_rates = list(lrs)
         self.seeds = [seed for _ in lrs for seed in seeds]
         self.lrs = [lr for lr in lrs for _ in seeds]
@@ -198,7 +192,6 @@ class StackedCopies(L.LightningModule):
         self.register_buffer("step_sizes", torch.tensor(self.lrs).view(-1, 1, 1))
         self._check_against(copies)
         self.finals: dict[str, Tensor] = {}  # each copy's latest values
-        self._train_sums: Tensor | None = None
         self._val_sums: Tensor | None = None
         # Each learning rate's block of copies, and the suffix of its logged names.
         self.labels = [""] if len(self.learning_rates) == 1 else [f"/lr_{lr:g}" for lr in self.learning_rates]
@@ -247,53 +240,23 @@ class StackedCopies(L.LightningModule):
             tensor -= tensor.grad * self.step_sizes
             tensor.grad = None
 
-    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.fit_threads.choose(batch[0], self.device)
-        fast_forward(self, batch)
+    @torch.no_grad()
+    def on_train_start(self) -> None:
+        """Each copy's loss before any update (as RunSummary's initial_loss): epoch 0's, as it computes it."""
+        data = self.trainer.datamodule
+        if self.current_epoch == 0 and hasattr(data, "x_train"):
+            x, y = (tensor.to(self.device) for tensor in (data.x_train, data.y_train))
+            self.finals["initial_loss"] = self.losses(self(x), y)
 
-    def on_train_end(self) -> None:
-        self.fit_threads.give_back()
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         outputs = self(x)
         losses = self.losses(outputs, y)
-        self.manual_backward(losses.sum())  # the copies are independent: each gets the gradient of its own loss
-        self.optimizers().step()
-        losses, accuracies = losses.detach(), self.accuracies(outputs.detach(), y)
-        check_finite(losses.max().view(1), self.current_epoch)
-        # Each copy's numbers of the epoch so far, batches weighted by their size as self.log weighs them.
-        sums = torch.stack([losses, accuracies, torch.ones_like(losses)]) * len(y)
-        self._train_sums = sums if batch_idx == 0 else self._train_sums + sums
-        epoch_losses, epoch_accuracies = self._train_sums[:2] / self._train_sums[2]
-        if self.current_epoch == 0:
-            self.finals["initial_loss"] = epoch_losses
-        self.finals.update({"train/loss": epoch_losses, "train/acc": epoch_accuracies})
-        means = self.block_means({"train/loss": losses, "train/acc": accuracies})
-        self.log_dict(means, on_step=False, on_epoch=True, batch_size=len(y))
-        # For callbacks and the summary: the means over every copy.
-        self.log_dict({"train/loss": losses.mean(), "train/acc": accuracies.mean()}, logger=False, batch_size=len(y))
+        # The copies are independent: each gets the gradient of its own loss from the sum.
+        return losses.sum(), {"train/loss": losses.detach(), "train/acc": self.accuracies(outputs.detach(), y)}
 
-    def train_epoch(self, x: Tensor, y: Tensor, update) -> tuple[Tensor, Tensor]:
-        """One full-batch epoch of every copy, for the fast path; returns each copy's loss and accuracy."""
-        outputs = self(x)
-        losses = self.losses(outputs, y)
-        losses.sum().backward()
-        update()
-        return losses.detach(), self.accuracies(outputs.detach(), y)
-
-    def epoch_points(self, records: list, y: Tensor, rates: list[float], first_epoch: int) -> dict[str, Tensor]:
-        """The means training_step logs, for epochs the fast path trained."""
-        losses, accuracies = (torch.stack(column) for column in zip(*records))  # (epochs, copies) each
-        check_finite(losses.amax(-1), first_epoch)
-        if first_epoch == 0:
-            self.finals["initial_loss"] = losses[0]
-        self.finals.update({"train/loss": losses[-1], "train/acc": accuracies[-1]})
-        n = len(y)
-        return {
-            name: values * n / n
-            for name, values in self.block_means({"train/loss": losses, "train/acc": accuracies}).items()
-        }
+    def logged(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each learning rate's mean of the copies' values, and for callbacks and the summary the mean of all."""
+        return {**self.block_means(values), **{name: copies.mean(-1) for name, copies in values.items()}}
 
     def block_means(self, series: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each learning rate's mean of the copies' values (the last dimension), by logged name."""
@@ -329,8 +292,12 @@ class StackedCopies(L.LightningModule):
                     block = values.unflatten(0, (len(self.labels), -1))[g]
                     logger.experiment.add_histogram(f"{name}{label}", block, global_step=self.current_epoch)
 
+    def latest(self) -> dict[str, Tensor]:
+        """Each copy's latest values: of the last epoch trained, and of the last validation."""
+        return {**self.finals, **self.epoch_values()}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["finals"] = self.finals
+        checkpoint["finals"] = self.latest()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.finals = checkpoint.get("finals", {})
@@ -353,7 +320,7 @@ class StackedCopies(L.LightningModule):
     def extra_summary(self) -> dict[str, Any]:
         """For summary.json: each copy's final numbers, and their distribution per learning rate."""
         columns = {"seed": self.seeds, "lr": self.lrs}
-        columns.update({SUMMARY_NAMES.get(name, name): values.tolist() for name, values in self.finals.items()})
+        columns.update({SUMMARY_NAMES.get(name, name): values.tolist() for name, values in self.latest().items()})
         distributions = []
         for lr in self.learning_rates:
             block = [i for i, rate in enumerate(self.lrs) if rate == lr]

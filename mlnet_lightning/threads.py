@@ -1,22 +1,28 @@
-"""The CPU threads of a fit: set per fit by the module that trains, never for the whole process."""
+"""The CPU threads of a fit: set per fit by a callback the training module gives the Trainer, never for the
+whole process."""
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import Tensor
 
 
-class FitThreads:
+class FitThreads(L.Callback):
     """One CPU thread for a fit of small batches, whatever loader gives them: batches of a few hundred rows
     gain nothing from a second thread, and lose up to 8x whenever that thread must wait for a core
     (measured: 0.75 against 4-6 ms an epoch; a user's DataLoader on two threads took 6-34 s for 1,000
-    epochs). A module chooses at its first training batch and gives the threads back as the fit ends; a fit
-    that fails gives them back at the end of the module's next fit."""
+    epochs). It chooses at the first training batch (the first epoch, for the project's mini-batches) and
+    gives the threads back as the fit ends, however it ends."""
 
     SMALL_BATCH_ROWS = 4096
 
     def __init__(self) -> None:
         self.before: int | None = None
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        """For the fast path: the threads are the same for every epoch."""
+        return None
 
     def choose(self, batch: Tensor, device: torch.device) -> None:
         threads = torch.get_num_threads()
@@ -28,3 +34,17 @@ class FitThreads:
         if self.before is not None:
             torch.set_num_threads(self.before)
             self.before = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if getattr(loader, "full_batch", True) is False:  # the project's mini-batches: before the fast path's bulk
+            self.choose(loader.x[: loader.batch_size], pl_module.device)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.choose(batch[0], pl_module.device)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.give_back()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.give_back()

@@ -186,6 +186,30 @@ def dataloader_cases(repeats: int) -> list[dict]:
     ]
 
 
+def mini_batch_case(repeats: int) -> dict:
+    """`Sequential(logits=True)` on `BlobData(batch_size=75)` (10 shuffled batches an epoch), 1,000 epochs
+    through a user's Trainer (defaults on), against a plain loop over the same batches recording nothing;
+    both on one CPU thread (the Trainer path chooses one for batches this small)."""
+    plain_times, trainer_times = [], []
+    for _ in range(repeats):  # alternate, so that a noisy moment hits both sides alike
+        data = BlobData(batch_size=75)
+        net = Sequential(logits=True)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+        with one_cpu_thread():
+            plain = fit_plain(net, F.cross_entropy, optimizer, *on_device(data, torch.device("cpu")), 1000,
+                              batch_size=75, record=False)  # fmt: skip
+        plain_times.append(plain.seconds)
+        with tempfile.TemporaryDirectory() as root:
+            trainer = L.Trainer(max_epochs=1000, check_val_every_n_epoch=100, default_root_dir=root)
+            start = time.perf_counter()
+            trainer.fit(Sequential(logits=True), BlobData(batch_size=75))
+            trainer_times.append(time.perf_counter() - start)
+    assert trainer.current_epoch == 1000 and trainer.global_step == 10_000, trainer.global_step
+    summary = {"device": "cpu", "final_loss": float(trainer.callback_metrics["train/loss"])}
+    return row("Python API: Sequential(logits=True) on BlobData(batch_size=75), 1k epochs vs plain mini-batch loop",
+               summary, 1000, plain_times, trainer_times, plain.losses[-1])  # fmt: skip
+
+
 def five_plain_loops() -> float:
     """The tutorial's five plain loops one after the other in one process, recording every epoch (seconds)."""
     data = BlobData()
@@ -314,7 +338,8 @@ def main() -> None:
     if args.accelerator == "cpu":
         rows.append(python_api_case(args.repeats))
         rows += dataloader_cases(args.repeats)
-        print_table(rows[-5:])
+        rows.append(mini_batch_case(args.repeats))
+        print_table(rows[-6:])
         plain_s = five_plain_loops()
         rows.append(main_command_case(args.repeats, plain_s))  # the networks at once, one process each (the default)
         rows.append(main_command_case(1, plain_s, "--jobs", "1"))  # one after the other, in one process

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from mlnet_lightning import cli
 from mlnet_lightning.baseline import fit_plain, hand_cross_entropy, tutorial_network
 from mlnet_lightning.data import BlobData, TensorBatches, shuffled_order
+from mlnet_lightning.fastpath import FastPath
 from mlnet_lightning.models import MODELS, TUTORIAL_MODELS, Linear, Scratch, Sequential, TutorialModule
 from tests.conftest import train
 
@@ -272,20 +273,27 @@ def test_predict_returns_class_probabilities(logits):
 
 
 def counting_bulk_epochs(model: TutorialModule) -> list[int]:
-    """Count the epochs the fast path trains in bulk (eagerly or replayed), one entry per hook call: it trains
-    them in on_train_batch_start (full batch) or on_train_epoch_start (mini-batches), moving current_epoch on."""
+    """Count the epochs the fast path trains in bulk (eagerly or replayed), one entry per hook call of the
+    FastPath callback the model gives the Trainer: it trains them in on_train_batch_start (full batch) or
+    on_train_epoch_start (mini-batches), moving current_epoch on."""
     bulks: list[int] = []
 
-    def counting(hook):
-        def counted(*args):
-            epoch = model.trainer.current_epoch
-            hook(*args)
-            bulks.append(model.trainer.current_epoch - epoch)
+    class CountingFastPath(FastPath):
+        def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> None:
+            return None
 
-        return counted
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            epoch = trainer.current_epoch
+            super().on_train_epoch_start(trainer, pl_module)
+            bulks.append(trainer.current_epoch - epoch)
 
-    model.on_train_batch_start = counting(model.on_train_batch_start)
-    model.on_train_epoch_start = counting(model.on_train_epoch_start)
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+            epoch = trainer.current_epoch
+            super().on_train_batch_start(trainer, pl_module, *args)
+            bulks.append(trainer.current_epoch - epoch)
+
+    given = model.configure_callbacks
+    model.configure_callbacks = lambda: [CountingFastPath() if isinstance(c, FastPath) else c for c in given()]
     return bulks
 
 

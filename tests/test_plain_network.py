@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from mlnet_lightning import cli
 from mlnet_lightning.baseline import fit_plain
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.fastpath import fast_forward
+from mlnet_lightning.fastpath import callback, fast_forward
 from mlnet_lightning.imports import import_file
-from mlnet_lightning.models import Wrapped, base
+from mlnet_lightning.models import Wrapped
 from tests.conftest import run_script
 from tests.test_lightning_native import assert_same
 
@@ -125,7 +125,7 @@ def test_the_tutorials_nn_module_trains_from_the_command_line(tmp_path, networks
 def test_a_networks_own_options_and_the_fast_path_it_asks_for(tmp_path, networks_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bulks = []
-    monkeypatch.setattr(base, "fast_forward", lambda module, batch: bulks.append(fast_forward(module, batch)))
+    monkeypatch.setattr(callback, "fast_forward", lambda module, batch: bulks.append(fast_forward(module, batch)))
     args = ["--model", "tutorial_nets.py:Hidden", "--model.width", "3", "--data", "MoonsData", "--max_epochs", "2000"]
     assert cli.main([*args, "--default_root_dir", str(tmp_path / "runs")]) == 0
     run = tmp_path / "runs" / "hidden" / "version_0"

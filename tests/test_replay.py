@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 from mlnet_lightning.baseline import fit_tutorial
 from mlnet_lightning.data import BlobData
 from mlnet_lightning.fastpath import replay
+from mlnet_lightning.fastpath.bulk import step_on
 from mlnet_lightning.fastpath.replay import CHECKED_EPOCHS, WARMUP_EPOCHS, EagerGraph, ReplayedEpochs, ReplayFallback
 from mlnet_lightning.fastpath.tape import OpTape
 from mlnet_lightning.fastpath.updates import descend
@@ -242,14 +243,16 @@ def test_a_bulk_stops_where_asked_and_reads_its_records_in_parts(monkeypatch, st
     updates = [partial(descend, optimizer) for optimizer in optimizers]
     replayer = ReplayedEpochs(graph, "Sequential")
     calls = count()
-    records = replayer.train(models[0], optimizers[0], x, y, updates[0], 100, lambda: next(calls) >= stop_after)
+    step = partial(step_on, models[0], x, y, updates[0])
+    records = replayer.train(step, models[0], optimizers[0], x, y, 100, lambda: next(calls) >= stop_after)
     assert len(records) == stop_after
     assert (replayer.graph is None) == (stop_after <= WARMUP_EPOCHS + 1) and not replayer.failed
-    records += replayer.train(models[0], optimizers[0], x, y, updates[0], 40, lambda: False)
-    eager = [models[1].train_epoch(x, y, updates[1]) for _ in range(stop_after + 40)]
+    records += replayer.train(step, models[0], optimizers[0], x, y, 40, lambda: False)
+    eager = [step_on(models[1], x, y, updates[1]) for _ in range(stop_after + 40)]
     assert replayer.replayed > 0
-    for (loss, output), (eager_loss, eager_output) in zip(records, eager, strict=True):
-        assert torch.equal(loss, eager_loss) and torch.equal(output, eager_output)
+    for (loss, values), (eager_loss, eager_values) in zip(records, eager, strict=True):
+        assert torch.equal(loss, eager_loss) and values.keys() == eager_values.keys() == {"train/loss", "train/acc"}
+        assert all(torch.equal(values[name], eager_values[name]) for name in values)
     for param, eager_param in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(param, eager_param)
 

@@ -27,8 +27,8 @@ from torch import Tensor
 from mlnet_lightning import cli
 from mlnet_lightning.baseline import one_cpu_thread
 from mlnet_lightning.data import BlobData
-from mlnet_lightning.fastpath import fast_forward
-from mlnet_lightning.models import Sequential, base
+from mlnet_lightning.fastpath import callback, fast_forward
+from mlnet_lightning.models import Sequential
 from tests.test_lightning_native import (
     assert_fast_path_changes_nothing,
     assert_same,
@@ -135,10 +135,11 @@ class Shifted(Sequential):
         return super().forward(x + 1.0)
 
 
+@pytest.mark.parametrize("batch_size", [None, 75], ids=["full-batch", "mini-batch"])
 @pytest.mark.parametrize("network", [Doubled, Shifted], ids=["loss", "forward"])
-def test_a_subclass_that_opts_in_keeps_the_fast_path_and_lightnings_numbers(tmp_path, network):
+def test_a_subclass_that_opts_in_keeps_the_fast_path_and_lightnings_numbers(tmp_path, network, batch_size):
     options = {"max_epochs": 130, "check_val_every_n_epoch": 50, "checkpoint_every": 30, "watch_every": 20}
-    on = assert_fast_path_changes_nothing(tmp_path, network, None, **options)
+    on = assert_fast_path_changes_nothing(tmp_path, network, batch_size, **options)
     assert on["bulk"] > 60
 
 
@@ -186,7 +187,7 @@ def test_the_project_callbacks_keep_the_fast_path(tmp_path, monkeypatch):
         bulks.append(fast_forward(module, batch))
         return bulks[-1]
 
-    monkeypatch.setattr(base, "fast_forward", counted)
+    monkeypatch.setattr(callback, "fast_forward", counted)
     assert cli.main(["--model", "sequential", "--max_epochs", "3000", "--default_root_dir", str(tmp_path)]) == 0
     summary = json.loads(next(tmp_path.glob("*/version_0/summary.json")).read_text())
     assert summary["epochs"] == 3000 and sum(bulks) > 2900
@@ -202,7 +203,7 @@ def python_ctrl_c():
 
 
 class CtrlCAtEpochCall(Sequential):
-    """Ctrl-C pressed while the fast path trains its `call`-th epoch eagerly, inside a bulk."""
+    """Ctrl-C pressed in the `call`-th step, the fast path's bulk training it eagerly."""
 
     fast_path = True
 
@@ -210,11 +211,11 @@ class CtrlCAtEpochCall(Sequential):
         super().__init__(**kwargs)
         self.call, self.calls = call, 0
 
-    def train_epoch(self, *args):
+    def step(self, *args):
         self.calls += 1
         if self.calls == self.call:
             os.kill(os.getpid(), signal.SIGINT)
-        return super().train_epoch(*args)
+        return super().step(*args)
 
 
 def weights_after_plain_steps(steps: int) -> dict[str, Tensor]:

@@ -13,15 +13,16 @@ mini-batches or only some of them, a resumed epoch's mini-batches, gradient clip
 mixed precision, a strategy other than one device, a profiler, an overridden step or batch hook) makes
 it step aside: Lightning trains every epoch itself.
 
-A module supports the fast path by defining, beside its ordinary Lightning steps:
-- `train_epoch(x, y, update)`: one step on a batch (the full batch), stepping with `update()`; returns a
-  record (detached tensors);
-- `epoch_points(records, y, rates, first_epoch)`: from those records, the values its own `self.log`
-  calls would have given Lightning's epoch-end logging, one tensor per name (raises on divergence).
-For mini-batches, it also calls `fast_forward(self, None)` in `on_train_epoch_start` and defines
-`mini_batch_points(records, sizes, rates, first_epoch)`: the same from each epoch's list of batch records.
+The Trainer is given the fast path as a callback, `FastPath`, which the project's modules return from
+`configure_callbacks`. It trains a `SteppedModule` (models/base.py): a module whose training step is its
+`step(x, y)`, the loss of a batch and the values it logs, and whose `logged(values)` says what self.log gets
+of them. The bulk runs that same `step`, backward and the optimizer's step for each batch (`step_on`), and
+gives Lightning's loggers the points that training_step's self.log would have given them (the module's
+`logged` values, averaged over each epoch's batches as self.log averages them). The networks know nothing
+of it.
 """
 
 from mlnet_lightning.fastpath.bulk import fast_forward
+from mlnet_lightning.fastpath.callback import FastPath
 
-__all__ = ["fast_forward"]
+__all__ = ["FastPath", "fast_forward"]

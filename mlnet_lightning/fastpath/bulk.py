@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from functools import partial
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -59,6 +60,8 @@ MAX_BULK = 1000
 # The last seconds before `max_time` are Lightning's own epochs, so that its Timer ends the run after the
 # very epoch it would (a bulk could only notice the deadline after an epoch that crossed it).
 DEADLINE_MARGIN_S = 1.0
+# A step's loss (detached) and the values its `step` gave.
+StepRecord = tuple[Tensor, dict[str, Tensor]]
 
 
 def fast_forward(module: L.LightningModule, batch: tuple[Tensor, Tensor] | None) -> int:
@@ -106,19 +109,18 @@ def train_in_bulk(
             loader = trainer.train_dataloader
             # The conversions Lightning makes of each batch, made once: cut before or after, the same numbers.
             x, y = trainer.strategy.batch_to_device(trainer.precision_plugin.convert_input((loader.x, loader.y)))
-            records, rates = train_eagerly(module, partial(epoch_batches, loader, x, y), update, ahead, stopping)
+            records = train_eagerly(module, partial(epoch_batches, loader, x, y), update, ahead, stopping)
             sizes = [len(part) for part in y.split(loader.batch_size)]  # TensorBatches' cuts: the last may be smaller
-            points = module.mini_batch_points(records, sizes, rates, first_epoch) if records else {}
         else:
             x, y = batch
             sizes = [len(y)]
             replayer = replayed_epochs(module, optimizer, x, y)  # the epochs replayed from one captured epoch
             if replayer is not None:
-                records, rates = replayer.train(module, optimizer, x, y, update, ahead, stopping), []
+                step = partial(step_on, module, x, y, update)
+                records = [[record] for record in replayer.train(step, module, optimizer, x, y, ahead, stopping)]
             else:
-                records, rates = train_eagerly(module, lambda epoch: [batch], update, ahead, stopping)
-                records, rates = [record for [record] in records], [rate for [rate] in rates]
-            points = module.epoch_points(records, y, rates, first_epoch) if records else {}
+                records = train_eagerly(module, lambda epoch: [batch], update, ahead, stopping)
+        points = logged_points(module, records, sizes, first_epoch) if records else {}
     trained = len(records)
     if not trained:
         return 0
@@ -131,10 +133,20 @@ def train_in_bulk(
         for logger in trainer.loggers:
             logger.save()
         keep_epoch_end_metrics(trainer, {name: values[-1].clone() for name, values in points.items()})
+    module.epoch_steps = [(values, size) for (_, values), size in zip(records[-1], sizes)]
     configs = trainer.lr_scheduler_configs
     per_epoch = sum(batches if config.interval == "step" else 1 for config in configs)
     count_epochs_trained(trainer, trained, trained * batches, trained * per_epoch)
     return trained
+
+
+def step_on(module: L.LightningModule, x: Tensor, y: Tensor, update: Callable[[], None]) -> StepRecord:
+    """One training step on a batch, as the module's training_step takes it, without Lightning's hooks:
+    `update` is its optimizer's step. Returns the loss and the step's values."""
+    loss, values = module.step(x, y)
+    loss.backward()
+    update()
+    return loss.detach(), values
 
 
 def train_eagerly(
@@ -143,30 +155,46 @@ def train_eagerly(
     update: Callable[[], None],
     ahead: int,
     stopping: Callable[[], bool],
-) -> tuple[list[list], list[list[float]]]:
+) -> list[list[StepRecord]]:
     """Up to `ahead` epochs of the batches `batches_of(epoch)`, stepped as Lightning's loop steps them: the
     `interval="step"` schedulers after each batch, then the others after the epoch's last. Returns each
-    epoch's batches' records and, where a scheduler moves it, the learning rates they trained at."""
+    epoch's steps' records."""
     trainer = module.trainer
-    optimizer, configs = trainer.optimizers[0], trainer.lr_scheduler_configs
+    configs = trainer.lr_scheduler_configs
     per_step = [config.scheduler for config in configs if config.interval == "step"]
     per_epoch = [config.scheduler for config in configs if config.interval == "epoch"]
-    records, rates = [], []
+    records = []
     for epoch in range(trainer.current_epoch, trainer.current_epoch + ahead):
         if stopping():
             break
-        epoch_records, epoch_rates = [], []
+        epoch_records = []
         for x, y in batches_of(epoch):
-            epoch_rates.append(optimizer.param_groups[0]["lr"])
-            epoch_records.append(module.train_epoch(x, y, update))
+            epoch_records.append(step_on(module, x, y, update))
             for scheduler in per_step:
                 scheduler.step()
         for scheduler in per_epoch:
             scheduler.step()
         records.append(epoch_records)
-        if configs:
-            rates.append(epoch_rates)
-    return records, rates
+    return records
+
+
+def logged_points(
+    module: L.LightningModule, records: list[list[StepRecord]], sizes: list[int], first_epoch: int
+) -> dict[str, Tensor]:
+    """What the module's training_step gives Lightning's epoch-end logging for the epochs trained (one
+    point an epoch by name): the module's `logged` values of each step, averaged as self.log averages
+    them. Raises at the first non-finite loss, as training_step would."""
+    from mlnet_lightning.models.base import check_finite, weighted_mean  # not at the top: the models import this
+
+    losses = torch.stack([loss for epoch in records for loss, _ in epoch]).view(len(records), len(sizes))
+    # Each epoch's first non-finite loss (its first loss when none), as training_step would stop at it.
+    first_bad = torch.isfinite(losses).logical_not().int().argmax(-1, keepdim=True)
+    check_finite(losses.gather(-1, first_bad).squeeze(-1), first_epoch)
+    names = records[0][0][1]
+    values = {name: torch.stack([torch.stack([v[name] for _, v in epoch]) for epoch in records]) for name in names}
+    # (epochs, batches) a name, the batches last as weighted_mean takes them
+    logged = module.logged(values)
+    return {name: weighted_mean(steps, sizes) for name, steps in logged.items()}
 
 
 def epoch_batches(loader, x: Tensor, y: Tensor, epoch: int) -> list[tuple[Tensor, Tensor]]:
@@ -241,14 +269,14 @@ def vouched_for(module: L.LightningModule) -> bool:
 
 
 def can_train_in_bulk(trainer: L.Trainer, module: L.LightningModule, mini_batches: bool) -> bool:
-    """Whether this fit's steps are exactly what `module.train_epoch` does, epoch after epoch: on the full
-    batch, or on every mini-batch of the project's loader (`mini_batches`)."""
-    fast_class = next((c for c in type(module).__mro__ if "train_epoch" in vars(c)), None)
-    if not getattr(module, "fast_path", False) or fast_class is None or not vouched_for(module):
+    """Whether this fit's steps are exactly what `step_on` does with the module's `step`, epoch after epoch:
+    on the full batch, or on every mini-batch of the project's loader (`mini_batches`)."""
+    from mlnet_lightning.models.base import SteppedModule  # not at the top: the models import this
+
+    if not (isinstance(module, SteppedModule) and module.fast_path and vouched_for(module)) or not versions_tested():
         return False
-    if not versions_tested():
-        return False
-    if any(getattr(type(module), name) is not getattr(fast_class, name) for name in MODULE_HOOKS):
+    overridden = (getattr(type(module), name) is not getattr(SteppedModule, name) for name in MODULE_HOOKS)
+    if any(overridden) or any(name in vars(module) for name in MODULE_HOOKS):  # in a class, or on the instance
         return False
     data = trainer.datamodule
     if data is not None and any(getattr(type(data), h) is not getattr(L.LightningDataModule, h) for h in BATCH_HOOKS):

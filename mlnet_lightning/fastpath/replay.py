@@ -4,11 +4,10 @@ the epoch's operations on a CPU (`tape.py`).
 The tutorial's networks are overhead-bound: an epoch is some seventy tiny operations, each costing
 more to launch (on a GPU) or to wrap in Python and autograd (on a CPU) than to compute. Captured once,
 an epoch is one launch of a CUDA graph, or one call of a function that makes the same operator calls
-without autograd. The capture holds one epoch, `module.train_epoch(x, y, update)`. A CUDA graph writes
+without autograd. The capture holds one epoch, the step of the fast path's `step_on`. A CUDA graph writes
 its record (loss, output) into static buffers at an index kept on the device, so that no epoch waits
 for the host, and the bulk's records are read out of the buffers afterwards; a tape returns each
-replay's record as new tensors. Either way they are the very records the eager loop would have given
-`epoch_points`.
+replay's record as new tensors. Either way they are the very records the eager loop would have given.
 
 A capture replays what it recorded, not the Python that recorded it: a network whose Python decides
 something from its data or its own state, a learning rate that moves, anything that syncs with the
@@ -164,7 +163,8 @@ class ReplayedEpochs:
         self.graph: EpochGraph | None = None
         self.failed = False
         self.buffers: list[Tensor] = []
-        self.single = False  # whether train_epoch returns one tensor rather than a tuple of them
+        self.single = False  # whether an epoch returns one tensor rather than a tuple of them
+        self.names: list[str] = []  # of the step's values, as the epochs return them after its loss
         self.index: Tensor | None = None
         self.captured_for: tuple | None = None
         self.replayed = 0  # epochs whose training came from replays of the graph
@@ -175,17 +175,22 @@ class ReplayedEpochs:
 
     def train(
         self,
+        step: Callable[[], tuple[Tensor, dict[str, Tensor]]],
         module: L.LightningModule,
         optimizer: torch.optim.Optimizer,
         x: Tensor,
         y: Tensor,
-        update: Callable[[], None],
         epochs: int,
         stopping: Callable[[], bool],
-    ) -> list:
-        """Train up to `epochs` epochs, stopping early when `stopping()` says so (checked before each);
-        returns each epoch's record, as `module.train_epoch` returns it."""
-        epoch = partial(module.train_epoch, x, y, update)
+    ) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """Train up to `epochs` epochs of one `step` each (which returns its loss and named values), stopping
+        early when `stopping()` says so (checked before each); returns each epoch's step record."""
+
+        def epoch() -> tuple[Tensor, ...]:
+            loss, values = step()
+            self.names = list(values)
+            return (loss, *values.values())
+
         records: list = []
         if self.graph is None and not self.failed and epochs > WARMUP_EPOCHS + CHECKED_EPOCHS:
             self._prepare(epoch, module, optimizer, x, y, stopping, records)
@@ -197,7 +202,7 @@ class ReplayedEpochs:
                 self._fall_back(f"replaying its epoch failed ({describe(error)})")
             self.replayed += len(records) - start
         train_eagerly(epoch, epochs - len(records), stopping, records)
-        return records
+        return [(loss, dict(zip(self.names, values))) for loss, *values in records]
 
     def _prepare(self, epoch: Callable[[], Any], module, optimizer, x: Tensor, y: Tensor, stopping, records) -> None:
         """Warm up, capture and check the graph, appending the records of the (eager) epochs this trains;
@@ -220,7 +225,7 @@ class ReplayedEpochs:
         self.single = isinstance(record, Tensor)
         values = [record] if self.single else list(record)
         if not values or not all(isinstance(value, Tensor) for value in values):
-            raise TypeError("train_epoch returns something else than tensors")
+            raise TypeError("the step returns something else than tensors")
         if graph.returns_record:
             graph.capture(epoch)
             self.graph = graph

@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlnet_lightning.checkpoints import RUN_KEY, class_path
-from mlnet_lightning.fastpath import fast_forward
+from mlnet_lightning.fastpath import FastPath
 from mlnet_lightning.threads import FitThreads
 
 
@@ -59,7 +59,57 @@ def passed_on_signature(cls: type) -> inspect.Signature | None:
     return inspect.Signature([*own[:-1], *passed_on])
 
 
-class TutorialModule(L.LightningModule):
+class SteppedModule(L.LightningModule):
+    """A LightningModule whose training step is its `step`, the arithmetic of one batch, and Lightning's
+    logging of the values `step` gives, written once here.
+
+    Lightning's loop runs it batch by batch. The Trainer is also given a FastPath callback
+    (`configure_callbacks`), which trains the epochs that nothing would observe by the same `step`, and
+    steps aside wherever it cannot vouch for that (`mlnet_lightning.fastpath`); `fast_path = False` keeps
+    every epoch Lightning's.
+    """
+
+    fast_path = True
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of the batch (x, y) to minimise, and the batch's values (detached) to log."""
+        raise NotImplementedError
+
+    def logged(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What self.log gets of a step's values (or of several steps', stacked in leading dimensions), one
+        scalar a step by name; Lightning averages them over the epoch's batches, weighted by their size."""
+        return values
+
+    def epoch_values(self) -> dict[str, Tensor]:
+        """Each of `step`'s values over the epoch's steps so far (`epoch_steps`: values and batch sizes), averaged
+        as self.log averages its batches."""
+        steps = getattr(self, "epoch_steps", [])
+        if not steps:
+            return {}
+        sizes = [size for _, size in steps]
+        return {name: weighted_mean(torch.stack([v[name] for v, _ in steps], -1), sizes) for name in steps[0][0]}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [FitThreads(), FastPath()]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss, values = self.step(x, y)
+        check_finite(loss.detach().view(1), self.current_epoch)
+        if batch_idx == 0 or not hasattr(self, "epoch_steps"):
+            self.epoch_steps: list[tuple[dict[str, Tensor], int]] = []
+        self.epoch_steps.append((values, len(y)))
+        # Under DDP each process sees its share: sync_dist makes the epoch's values those of all the points.
+        distributed = self.trainer.world_size > 1
+        self.log_dict(self.logged(values), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=distributed)
+        if self.automatic_optimization:
+            return loss
+        self.manual_backward(loss)
+        self.optimizers().step()
+        return loss.detach()
+
+
+class TutorialModule(SteppedModule):
     """Base of the networks: a subclass makes its parameters and writes `forward`.
 
     It may also replace `loss` (default: cross-entropy) or `configure_optimizers` (default: the
@@ -67,11 +117,10 @@ class TutorialModule(L.LightningModule):
     replaces the optimizer (manual optimization), as the tutorial's first sections do.
 
     Training is Lightning's own, an epoch a pass over the training data; where nothing Lightning
-    documents would see the difference, `mlnet_lightning.fastpath` trains several epochs within one
-    hook (`fast_path = False` turns that off).
+    documents would see the difference, the fast path trains several epochs within one hook
+    (`fast_path = False` turns that off).
     """
 
-    fast_path = True
     # Properties that torch.jit.script (to_torchscript) must not compile: only training reads them.
     __jit_unused_properties__ = [*L.LightningModule.__jit_unused_properties__, "updates_by_hand", "network_name"]
 
@@ -108,10 +157,9 @@ class TutorialModule(L.LightningModule):
             name = type(self).__name__.lower()
             raise ValueError(f"{name} updates its tensors by hand, as its tutorial section does: it takes no optimizer")
         self.automatic_optimization = not self.updates_by_hand
-        self.fit_threads = FitThreads()
         # A plain dict keeps the metrics out of the module tree, which a network's update may walk every
-        # epoch (self.parameters(), zero_grad()): three metric modules made that 14 us of a 420 us epoch.
-        self.stage_metrics: dict[str, Metric] = {"train/acc": MulticlassAccuracy(num_classes, average="micro")}
+        # epoch (self.parameters(), zero_grad()): metric modules made that 14 us of a 420 us epoch.
+        self.stage_metrics: dict[str, Metric] = {}
         for stage in ("val", "test"):
             self.stage_metrics[f"{stage}/loss"] = MeanMetric()
             self.stage_metrics[f"{stage}/acc"] = MulticlassAccuracy(num_classes, average="micro")
@@ -189,80 +237,13 @@ class TutorialModule(L.LightningModule):
         metric = self.stage_metrics[name]
         return metric if metric.device == self.device else metric.to(self.device)
 
-    def on_train_epoch_start(self) -> None:
-        # Mini-batch epochs are trained in bulk here, before Lightning cuts the epoch's batches, on the threads
-        # its steps would choose.
-        loader = self.trainer.train_dataloader
-        if getattr(loader, "full_batch", True) is False:
-            self.fit_threads.choose(loader.x[: loader.batch_size], self.device)
-            fast_forward(self, None)
-
-    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.fit_threads.choose(batch[0], self.device)
-        fast_forward(self, batch)
-
-    def on_train_end(self) -> None:
-        self.fit_threads.give_back()
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         output = self(x)
         loss = self.loss(output, y)
-        check_finite(loss.detach().view(1), self.current_epoch)
-        # Under DDP each process sees its share: sync_dist makes the epoch's loss that of all the points.
-        distributed = self.trainer.world_size > 1
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=distributed)
-        if self.lr_schedulers() is not None:  # the rate this epoch trains at
-            rate = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self.log("train/lr", rate, on_step=False, on_epoch=True, batch_size=len(y))
-        self.metric("train/acc").update(output.detach(), y)
-        if self.automatic_optimization:
-            return loss
-        self.manual_backward(loss)
-        self.optimizers().step()
-        return loss.detach()
-
-    def on_train_epoch_end(self) -> None:
-        # A run resumed from a checkpoint written at a validation restarts at that epoch's end, its step
-        # having run before the checkpoint: the interrupted run logged this epoch's accuracy (TensorBoard
-        # keeps its points before the resumed global step), and the metric holds nothing to log again.
-        if self.stage_metrics["train/acc"].update_called:
-            self.log_metrics("train/acc")
-
-    def train_epoch(self, x: Tensor, y: Tensor, update: Callable[[], None]) -> tuple[Tensor, Tensor]:
-        """One step on a batch (the full batch, or one of an epoch's mini-batches) as the fast path trains it:
-        the step above without Lightning's hooks, `update` being its optimizer's step. Returns the loss and the
-        number of points classified right (kept rather than the output: a bulk holding every epoch's output
-        ran 5-10% slower)."""
-        output = self(x)
-        loss = self.loss(output, y)
-        loss.backward()
-        update()
-        return loss.detach(), output.detach().argmax(-1).eq(y).sum()
-
-    def epoch_points(
-        self, records: list[tuple[Tensor, Tensor]], y: Tensor, rates: list[float], first_epoch: int
-    ) -> dict[str, Tensor]:
-        """What this module's self.log calls give Lightning's epoch-end logging for full-batch epochs the fast
-        path trained: those of mini-batch epochs of one batch."""
-        return self.mini_batch_points([[record] for record in records], [len(y)], [[r] for r in rates], first_epoch)
-
-    def mini_batch_points(
-        self, records: list[list[tuple[Tensor, Tensor]]], sizes: list[int], rates: list[list[float]], first_epoch: int
-    ) -> dict[str, Tensor]:
-        """What this module's self.log calls give Lightning's epoch-end logging for epochs the fast path trained,
-        from each epoch's batches' records (batches of `sizes` points, trained at `rates` where a scheduler
-        moves them): the loss and the rate through self.log's weighted mean, and the accuracy of the epoch."""
-        flat = [record for epoch in records for record in epoch]
-        losses, correct = (torch.stack(column).view(len(records), len(sizes)) for column in zip(*flat))
-        # Each epoch's first non-finite loss (its first loss when none), as training_step would stop at it.
-        first_bad = torch.isfinite(losses).logical_not().int().argmax(-1, keepdim=True)
-        check_finite(losses.gather(-1, first_bad).squeeze(-1), first_epoch)
-        points = {"train/loss": logged_mean(losses, sizes)}
-        if rates:  # the default dtype, as self.log makes a tensor of a float
-            points["train/lr"] = logged_mean(torch.tensor(rates, device=losses.device), sizes)
-        points["train/acc"] = correct.sum(-1).float() / sum(sizes)  # MulticlassAccuracy's micro average
-        return points
+        values = {"train/loss": loss.detach(), "train/acc": output.detach().argmax(-1).eq(y).float().mean()}
+        if self.hparams.lr_scheduler is not None:  # the rate this batch trains at, as it moves
+            values["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"], device=loss.device)
+        return loss, values
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.evaluate("val", *batch)
@@ -304,11 +285,12 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def logged_mean(values: Tensor, sizes: list[int]) -> Tensor:
-    """The epoch-end value of self.log(..., batch_size=size) called with each column of `values` (one row an
-    epoch), as Lightning's result collection reduces it: its sum of value * size from 0, one batch after the
-    other, divided by the sum of the sizes."""
-    total = values.new_zeros(values.shape[:-1])
+def weighted_mean(values: Tensor, sizes: list[int]) -> Tensor:
+    """The epoch-end value of self.log(..., batch_size=size) called with each of the last dimension's values
+    in turn, as Lightning's result collection reduces it: its sum of value * size from 0, one batch after the
+    other, divided by the sum of the sizes, in the default dtype (float32 at least) as it keeps them."""
+    dtype = torch.promote_types(torch.get_default_dtype(), torch.float32)
+    total = torch.zeros(values.shape[:-1], dtype=dtype, device=values.device)
     for column, size in zip(values.unbind(-1), sizes):
         total = total + column * size
     return total / sum(sizes)
