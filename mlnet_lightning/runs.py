@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, instantiate_class
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -181,7 +182,10 @@ def build_copies(
     """--seeds and --lrs: every (rate, seed) copy of the network, stacked on one device, if they fit."""
     if not issubclass(model_class, TutorialModule):
         raise UsageError(f"--seeds and --lrs stack subclasses of TutorialModule; {model_class.__name__} is not one")
-    lrs = [config.lr] if config.lrs is None else learning_rates(config.lrs)
+    optimizer_lr = (offered.get("optimizer") or {}).get("init_args", {}).get("lr")  # --optimizer.lr
+    if optimizer_lr is not None and config.lrs is not None:
+        raise UsageError("--lrs gives the stacked copies their rates: give it without --optimizer.lr")
+    lrs = [config.lr if optimizer_lr is None else optimizer_lr] if config.lrs is None else learning_rates(config.lrs)
     options = {k: v for k, v in offered.items() if k not in ("lr", "seed")}
     on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     points = max(data.batch_size, len(data.x_val))  # a training step's, or a validation's
@@ -209,6 +213,7 @@ def train_one(
     run_name: str | None = None,
     data: ClassificationData | None = None,
     make_bar: Callable[..., Any] = tqdm,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Fit one network, logging under `run_name` (default: the network's name), on the configured
     data unless given, its progress bar made by `make_bar`; returns its summary."""
@@ -227,7 +232,7 @@ def train_one(
     if config.ckpt_path and resume is None:
         print(f"train.py: note: no last.ckpt in the newest run under {runs_dir}; starting a new run", file=sys.stderr)
     try:
-        return fit(name, model, data, config, parser, trainer_options, runs_dir, resume, make_bar)
+        return fit(name, model, data, config, parser, trainer_options, runs_dir, resume, make_bar, callbacks)
     finally:
         if resume is not None:
             resume.release()
@@ -261,11 +266,13 @@ def fit(
     runs_dir: Path,
     resume: Resume | None,
     make_bar: Callable[..., Any],
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """train_one's fit, its callbacks and loggers made from the options."""
     stop = StopOnInterrupt()
     summary = RunSummary(name, stop)
-    callbacks = [summary, stop, RunCheckpoint(), *instantiate_all(trainer_options.pop("callbacks"))]
+    extra = list(callbacks)
+    callbacks = [summary, stop, RunCheckpoint(), *instantiate_all(trainer_options.pop("callbacks")), *extra]
     bar = EpochProgressBar(make_bar)
     if trainer_options["enable_progress_bar"] is not False:
         callbacks.append(bar)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from mlnet_lightning.callbacks import mean_over_batches
 from mlnet_lightning.checkpoints import import_class
 from mlnet_lightning.fastpath.updates import is_plain_sgd
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
@@ -245,8 +246,7 @@ class StackedCopies(SteppedModule):
         """Each copy's loss before any update (as RunSummary's initial_loss): epoch 0's, as it computes it."""
         data = self.trainer.datamodule
         if self.current_epoch == 0 and hasattr(data, "x_train"):
-            x, y = (tensor.to(self.device) for tensor in (data.x_train, data.y_train))
-            self.finals["initial_loss"] = self.losses(self(x), y)
+            self.finals["initial_loss"] = mean_over_batches(lambda x, y: self.losses(self(x), y), data, self.device)
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         outputs = self(x)

@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Wide(TutorialModule):
     """The larger problem's network: 2-256-256-4, logits."""
 
+    fast_path = True  # every epoch computes the same: a network of one's own says so (docs/extending.md)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         torch.manual_seed(self.hparams.seed)

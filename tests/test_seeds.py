@@ -82,6 +82,16 @@ def test_mlp_stacks_exactly(tmp_path):
         assert stacked[key][2] == pytest.approx(single[key], abs=1e-5), key
 
 
+def test_stacked_sgd_trains_at_the_optimizers_rate(tmp_path):
+    run = ("--model", "linear", "--max_epochs", "300")
+    stacked = train(tmp_path / "stacked", *run, "--optimizer", "SGD", "--optimizer.lr", "0.5", "--seeds", "2")
+    single = train(tmp_path / "single", *run, "--lr", "0.5", "--seed", "1")["linear"]
+    copies = stacked["linear"]["copies"]
+    assert copies["lr"] == [0.5, 0.5]
+    for key in FINAL_NUMBERS:
+        assert copies[key][1] == pytest.approx(single[key], abs=1e-5), key
+
+
 def test_mini_batches_stack_exactly():
     copies = StackedCopies(TUTORIAL_MODELS["sequential"], seeds=[0, 5], lrs=[0.2])
     fit_module(copies, epochs=20, batch_size=64)
@@ -117,6 +127,7 @@ def test_a_network_that_is_not_its_layers_is_refused():
         (["--lrs", "0.1,0.1"], "--lrs"),
         (["--seeds", "4", "--devices", "2", "--strategy", "ddp"], "one device"),
         (["--seeds", "2", "--optimizer", "Adam", "--optimizer.lr", "0.01"], "plain gradient descent"),
+        (["--lrs", "0.1,0.2", "--optimizer", "SGD", "--optimizer.lr", "0.5"], "without --optimizer.lr"),
     ],
 )
 def test_bad_stacking_options_are_one_line_and_status_2(tmp_path, capsys, options, message):
