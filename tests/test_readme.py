@@ -77,3 +77,20 @@ def test_your_first_hour_runs_as_written(tmp_path):
     assert len(predicted.splitlines()) == 3
     assert (tmp_path / "sequential.onnx").stat().st_size > 0
     assert json.loads((newest / "summary.json").read_text())["copies"]["seed"] == list(range(100))  # --seeds 100
+
+
+def test_the_search_section_runs_as_written(tmp_path):
+    """The README's search command, in a user's folder: trials as runs, the best as a config, the plots."""
+    for folder in ("scripts", "configs"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    [command] = fenced("## Search", "bash")
+    program, *args = shlex.split(command.strip())
+    assert program == ".venv/bin/python"
+    done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    study = tmp_path / "lightning_logs" / "search" / "mlp_BlobData"
+    assert len(list(study.glob("trial_*/version_0/summary.json"))) == 12
+    assert (study / "best.yaml").is_file() and (study / "history.png").stat().st_size > 0
+    assert (tmp_path / "lightning_logs" / "search" / "mlp_BlobData.db").is_file()
+    table = done.stdout.splitlines()
+    assert table[0].split()[:3] == ["trial", "val_acc", "std"] and "best: trial" in done.stdout
