@@ -26,19 +26,6 @@ from mlnet_lightning.signals import (
 )
 
 
-def mean_over_batches(
-    mean_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: Any, device: torch.device
-) -> torch.Tensor:
-    """`mean_of(x, y)`, a mean over points, of the whole training set of `data`, computed a training batch at a
-    time and weighted by the batches' sizes: a mini-batched set may be too large for one pass (a forward of 750,000
-    points through 256-wide layers took longer than an epoch of batches of 4,096)."""
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    size = getattr(data, "batch_size", None) or len(y)
-    if size >= len(y):
-        return mean_of(x, y)
-    return sum(mean_of(xb, yb) * len(yb) for xb, yb in zip(x.split(size), y.split(size))) / len(y)
-
-
 class EpochProgressBar(ProgressBar):
     """One bar per run counting epochs, with the latest loss and accuracies (Lightning's own bar counts
     the batches of each epoch: one here)."""
@@ -202,13 +189,16 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    @torch.no_grad()
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The loss before any update: epoch 0's loss, computed as that epoch computes it."""
-        data = trainer.datamodule
-        if trainer.current_epoch == 0 and hasattr(pl_module, "loss") and hasattr(data, "x_train"):
-            loss = mean_over_batches(lambda x, y: pl_module.loss(pl_module(x), y).mean(), data, pl_module.device)
-            self.initial_loss = loss.item()
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        """For the fast path: epoch 0's end, for the initial loss."""
+        return 0 if epoch == 0 else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The initial loss is epoch 0's train/loss, as the final loss is the last epoch's: the first and last
+        points of TensorBoard's curve (the tutorial's "loss at epoch 0": with the full batch, the loss before any
+        update; with mini-batches, the epoch's mean over its batches, as Lightning logs it)."""
+        if trainer.current_epoch == 0 and "train/loss" in trainer.callback_metrics:
+            self.initial_loss = float(trainer.callback_metrics["train/loss"])
 
     def fit_seconds(self) -> float:
         return self._earlier_seconds + time.perf_counter() - self._start

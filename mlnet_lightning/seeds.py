@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from mlnet_lightning.callbacks import mean_over_batches
 from mlnet_lightning.checkpoints import import_class
 from mlnet_lightning.fastpath.updates import is_plain_sgd
 from mlnet_lightning.models import Linear, Parameter, Scratch, TutorialModule
@@ -149,6 +149,18 @@ def human_bytes(count: float) -> str:
     return f"{count:.3g} {units[0]}"
 
 
+class InitialLosses(L.Callback):
+    """Each copy's initial loss, for the summary: its train/loss of epoch 0, as RunSummary's initial_loss."""
+
+    def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
+        """For the fast path: epoch 0's end."""
+        return 0 if epoch == 0 else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: StackedCopies) -> None:
+        if trainer.current_epoch == 0:
+            pl_module.finals["initial_loss"] = pl_module.epoch_values()["train/loss"]
+
+
 class StackedCopies(SteppedModule):
     """K copies of a network, one for each (learning rate, seed) pair, trained at once through the Trainer.
 
@@ -241,12 +253,8 @@ class StackedCopies(SteppedModule):
             tensor -= tensor.grad * self.step_sizes
             tensor.grad = None
 
-    @torch.no_grad()
-    def on_train_start(self) -> None:
-        """Each copy's loss before any update (as RunSummary's initial_loss): epoch 0's, as it computes it."""
-        data = self.trainer.datamodule
-        if self.current_epoch == 0 and hasattr(data, "x_train"):
-            self.finals["initial_loss"] = mean_over_batches(lambda x, y: self.losses(self(x), y), data, self.device)
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [*super().configure_callbacks(), InitialLosses()]
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         outputs = self(x)

@@ -13,24 +13,30 @@ class FitThreads(L.Callback):
     gain nothing from a second thread, and lose up to 8x whenever that thread must wait for a core
     (measured: 0.75 against 4-6 ms an epoch; a user's DataLoader on two threads took 6-34 s for 1,000
     epochs). It chooses at the first training batch (the first epoch, for the project's mini-batches) and
-    gives the threads back as the fit ends, however it ends."""
+    gives the threads back as the fit ends, however it ends. Once: an epoch's smaller last batch changes
+    nothing (it put a fit of batches of 4,096 on one thread from its first epoch's end, validation included)."""
 
     SMALL_BATCH_ROWS = 4096
 
     def __init__(self) -> None:
         self.before: int | None = None
+        self.chosen = False
 
     def next_observed_epoch(self, trainer: L.Trainer, epoch: int) -> int | None:
         """For the fast path: the threads are the same for every epoch."""
         return None
 
     def choose(self, batch: Tensor, device: torch.device) -> None:
+        if self.chosen:
+            return
+        self.chosen = True
         threads = torch.get_num_threads()
         if threads > 1 and device.type == "cpu" and len(batch) < self.SMALL_BATCH_ROWS:
             self.before = self.before or threads
             torch.set_num_threads(1)
 
     def give_back(self) -> None:
+        self.chosen = False
         if self.before is not None:
             torch.set_num_threads(self.before)
             self.before = None

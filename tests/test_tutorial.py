@@ -182,3 +182,18 @@ def test_mini_batches_follow_the_plain_loop(name):
     assert numbers["train/loss"] == pytest.approx(plain.losses[-1], abs=1e-5)
     assert numbers["train/acc"] == pytest.approx(plain.train_accs[-1], abs=1e-6)
     assert numbers["val/acc"] == pytest.approx(plain.val_acc, abs=1e-6)
+
+
+def test_the_summarys_losses_are_the_first_and_last_points_of_train_loss_with_mini_batches(tmp_path):
+    """As with the full batch: epoch 0's and the last epoch's means over their batches, as the plain mini-batch
+    loop records them and TensorBoard shows them."""
+    data = BlobData()
+    net, _ = tutorial_network("sequential")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+    plain = fit_plain(net, F.cross_entropy, optimizer, data.x_train, data.y_train, data.x_val, data.y_val, 30,
+                      batch_size=64)  # fmt: skip
+    summary = train(tmp_path, "--model", "sequential", "--data.batch_size", "64", "--max_epochs", "30")["sequential"]
+    scalars = read_scalars(tmp_path / "sequential" / "version_0")
+    assert [step for step, _ in scalars["train/loss"]] == list(range(11, 30 * 12, 12))  # an epoch's last step
+    assert summary["initial_loss"] == pytest.approx(plain.losses[0], abs=1e-5) == scalars["train/loss"][0][1]
+    assert summary["final_loss"] == pytest.approx(plain.losses[-1], abs=1e-5) == scalars["train/loss"][-1][1]

@@ -22,6 +22,10 @@ class ThreadsSeen(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seen.add(torch.get_num_threads())
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # before the fit's first batch, which the threads are chosen at
+            self.seen.add(torch.get_num_threads())
+
 
 def fit(tmp_path, loaders: dict, callbacks: list) -> tuple[dict, int]:
     model = Sequential(logits=True)
@@ -53,6 +57,22 @@ def test_your_tensors_train_the_same_through_a_dataloader_or_tensorbatches(tmp_p
         torch.set_num_threads(threads)
     assert dataloader_bulk == 0 and tensors_bulk > 290  # TensorBatches: the fast path
     assert_same(through_dataloader, through_tensors, "parameters")
+
+
+@pytest.mark.parametrize("loader", [TensorBatches, lambda x, y, size: DataLoader(TensorDataset(x, y), size)])
+def test_batches_of_4096_train_and_validate_on_every_thread_to_the_end(tmp_path, loader):
+    """One thread is for small batches: an epoch's smaller last batch does not take the other threads away."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2 * 4096 + 100, 2, generator=generator), torch.randint(0, 4, (2 * 4096 + 100,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = ThreadsSeen()
+        trainer = L.Trainer(accelerator="cpu", max_epochs=3, default_root_dir=tmp_path, callbacks=[seen])
+        trainer.fit(Sequential(logits=True), loader(x, y, 4096), loader(x, y, 4096))
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.global_step == 9 and seen.seen == {2}
 
 
 @pytest.mark.parametrize("name", [*MODELS, "wrapped"])
